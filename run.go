@@ -97,8 +97,10 @@ type app struct {
 	admin    *fasthttp.Server
 	streams  *bridge.Streams
 	cancel   context.CancelFunc
-	drainReq chan struct{}
-	errc     chan error
+
+	wsAddr, adminAddr string // bound addresses (the config may say port 0)
+	drainReq          chan struct{}
+	errc              chan error
 }
 
 func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*app, error) {
@@ -146,13 +148,15 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*ap
 		return nil, fmt.Errorf("admin listen %s: %w", cfg.Admin.Address, err)
 	}
 
+	a.wsAddr, a.adminAddr = wsLn.Addr().String(), adminLn.Addr().String()
+
 	adminAPI := bridge.NewAdmin(bridge.AdminOptions{
-		Token:   cfg.Admin.Token,
-		Broker:  a.broker,
-		Ready:   a.ready,
-		Drain:   a.requestDrain,
-		Metrics: func(w io.Writer) { metrics.WriteProcessMetrics(w); a.metrics.WritePrometheus(w) },
-		Logger:  logger,
+		Token:    cfg.Admin.Token,
+		Broker:   a.broker,
+		Ready:    a.ready,
+		Drain:    a.requestDrain,
+		Metrics:  func(w io.Writer) { metrics.WriteProcessMetrics(w); a.metrics.WritePrometheus(w) },
+		Logger:   logger,
 		Metrics_: a.metrics,
 	})
 	a.admin = &fasthttp.Server{Handler: adminAPI.Handler, Name: "wsidecar", ReadTimeout: 30 * time.Second}

@@ -124,11 +124,11 @@ func (a *Actions) Empty() bool {
 
 // ConnectResult is the backend's answer to a connect webhook.
 type ConnectResult struct {
-	Accepted bool     // 2xx
-	Status   int      // the backend's status code
-	Body     []byte   // relayed to the client when rejected
+	Accepted bool        // 2xx
+	Status   int         // the backend's status code
+	Body     []byte      // relayed to the client when rejected
 	Header   [][2]string // Content-Type and Retry-After of a rejection, relayed
-	Actions  *Actions // on 2xx; may be nil
+	Actions  *Actions    // on 2xx; may be nil
 }
 
 // DisconnectInfo is the body of a disconnect webhook.
