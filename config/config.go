@@ -2,6 +2,12 @@
 // env() function. It produces plain structs (time.Duration, int64 byte sizes,
 // Rate) that the other packages take in their constructors; nothing outside
 // this package sees an HCL type.
+//
+// Load and Parse return a Config with every default filled in, or a
+// Diagnostics error listing every problem at its file:line:col. File paths
+// in the result (TLS, PEM keys) are resolved against the config file's
+// directory. docs/config.md, generated from reference.go, documents every
+// attribute.
 package config
 
 import (
@@ -46,7 +52,8 @@ type Listener struct {
 	Compression bool
 }
 
-// TLS holds the certificate pair for wss://. Files are re-read on change.
+// TLS holds the certificate pair for wss://. Parse checks that both files
+// are readable; it does not parse them.
 type TLS struct {
 	CertFile string
 	KeyFile  string
@@ -62,7 +69,7 @@ type Admin struct {
 
 // Backend is the legacy HTTP service wsidecar calls.
 type Backend struct {
-	URL      string        // required, http:// or https://
+	URL      string        // required, http:// or https://, no trailing slash
 	Timeout  time.Duration // per call; default 10s
 	MaxConns int           // keep-alive pool size and concurrent request cap; default 512
 	// SigningSecret, when set, adds X-WS-Signature to every call.
@@ -107,24 +114,26 @@ type JWT struct {
 	// (Sec-WebSocket-Protocol "bearer, <token>"). Default
 	// ["header", "protocol", "query:access_token"].
 	Sources        []string
-	Issuer         string   // required "iss" when set
-	Audience       []string // token must carry one of these in "aud" when set
-	Leeway         time.Duration
-	RequireExp     bool     // default true
-	RequiredClaims []string // claims that must be present
+	Issuer         string        // required "iss" when set
+	Audience       []string      // token must carry one of these in "aud" when set
+	Leeway         time.Duration // clock skew allowed on exp/nbf/iat; default 0, at most 5m
+	RequireExp     bool          // default true
+	RequiredClaims []string      // claims that must be present
 	// UserClaim names the claim that becomes X-WS-User. Default "sub".
 	UserClaim string
-	Keys      []JWTKey
+	Keys      []JWTKey // at least one
 }
 
 // JWTKey is one verification key (or key set), with its algorithms pinned.
+// Exactly one of Secret, PEMFile and JWKSURL is set; HS* algorithms go only
+// with Secret (at least as long as the hash output, RFC 7518 §3.2).
 type JWTKey struct {
 	Name       string   // block label
 	Algorithms []string // e.g. ["HS256"], ["RS256","PS256"], ["EdDSA"]
 	KeyID      string   // optional kid this key answers to
 	Secret     string   // HMAC secret (from env())
-	PEMFile    string   // public key PEM (RSA, ECDSA, Ed25519)
-	JWKSURL    string   // JWKS endpoint
+	PEMFile    string   // public key PEM (RSA, ECDSA, Ed25519), path resolved
+	JWKSURL    string   // JWKS endpoint; https except on loopback
 	// JWKSRefresh is how often the JWKS is refreshed. Default 1h.
 	JWKSRefresh time.Duration
 	// JWKSUnknownKIDWait bounds how long a handshake waits on a refresh
@@ -134,19 +143,20 @@ type JWTKey struct {
 
 // Limits are the door's caps and rates.
 type Limits struct {
-	MaxConnections     int // global cap; default 100000
-	PerIPConnections   int // default 100 (0 disables)
-	PerUserConnections int // default 0 (disabled)
+	MaxConnections     int  // global cap; default 100000
+	PerIPConnections   int  // default 100 (0 disables)
+	PerUserConnections int  // default 0 (disabled)
 	HandshakeRate      Rate // per client IP; default 20/s burst 40
-	MessageRate        Rate // per connection; default 100/s
-	ByteRate           Rate // bytes per connection; default 1MiB/s
+	MessageRate        Rate // per connection; default 100/s burst 100
+	ByteRate           Rate // bytes per connection; default 1MiB/s burst 1MiB (N and Burst in bytes)
 	// RatePolicy is what happens when a connection exceeds MessageRate or
 	// ByteRate: "reply" (error frame), "drop" or "close" (1008). Default "reply".
 	RatePolicy     string
 	MaxMessageSize int64 // default 64KiB; bigger frames close with 1009
 	// MaxInflatedSize caps a decompressed message when compression is on. Default 1MiB.
 	MaxInflatedSize int64
-	// TrustedProxies are CIDRs whose X-Forwarded-For/X-Real-IP are believed.
+	// TrustedProxies are CIDRs whose X-Forwarded-For/X-Real-IP are believed
+	// (masked; a bare address becomes a /32 or /128). Default none.
 	TrustedProxies []netip.Prefix
 	// IdleEvict is how long limiter state for a quiet IP is kept. Default 5m.
 	IdleEvict time.Duration
@@ -157,7 +167,8 @@ type Limits struct {
 	SlowConsumer string
 }
 
-// Rate is N events per Per, with a Burst. The zero Rate means unlimited.
+// Rate is N events per Per, with a Burst. The zero Rate means unlimited
+// (written "unlimited" in sidecar.hcl).
 type Rate struct {
 	N     float64
 	Per   time.Duration
@@ -177,8 +188,8 @@ func (r Rate) PerSecond() float64 {
 
 // Heartbeat configures pings.
 type Heartbeat struct {
-	Interval time.Duration // default 25s
-	Timeout  time.Duration // default 10s
+	Interval time.Duration // between pings; default 25s
+	Timeout  time.Duration // for the pong; default 10s
 }
 
 // Drain configures graceful shutdown.
@@ -196,6 +207,8 @@ type Log struct {
 // Route is one WebSocket endpoint.
 type Route struct {
 	Path string // label, may hold {param} segments: "/ws/{room}"
+	// Params are the names of Path's {param} segments, in order.
+	Params []string
 	// Auth is "jwt" (default) or "none". "jwt" needs a jwt block.
 	Auth         string
 	Subprotocols []string
@@ -216,7 +229,13 @@ type Route struct {
 // Stream is one SSE feed consumed from the backend.
 type Stream struct {
 	Name string // label
-	Path string // backend path, e.g. "/events"
+	// Path is the backend path, e.g. "/events". When PathTemplate is set,
+	// Path holds the expression's source text, for logs only.
+	Path string
+	// PathTemplate is non-nil when path uses claims, query or header (e.g.
+	// "/users/${claims.sub}/events"): one stream per connection, path from
+	// PathTemplate.EvalString, closed with the connection.
+	PathTemplate *Template
 	// Channel fixes the target channel; empty means the event's "event"
 	// field (or "message" when absent).
 	Channel string
@@ -229,7 +248,7 @@ type Stream struct {
 
 // Cluster enables Redis pub/sub fan-out between replicas.
 type Cluster struct {
-	NodeID string // default: hostname + random suffix
+	NodeID string // default: hostname + "-" + 8 random hex digits, made by Parse
 	Redis  Redis
 }
 

@@ -1,0 +1,4 @@
+# Nothing to do: no backend, no route.
+log {
+  level = "info"
+}

@@ -1,0 +1,13 @@
+listener {
+  tls {
+    cert_file = "missing.crt"
+  }
+}
+
+backend {
+  url = "http://127.0.0.1:3000"
+}
+
+route "/ws" {
+  auth = "none"
+}
