@@ -14,7 +14,7 @@ listener {
 # Keep it on loopback; set a token when anything else shares the network namespace.
 admin {
   address = env("WSIDECAR_ADMIN", "127.0.0.1:9090")
-  token   = env("WSIDECAR_ADMIN_TOKEN", "")
+  token   = env("SIDECAR_ADMIN_TOKEN", "")
 }
 
 # The legacy service. wsidecar only ever speaks plain HTTP/1.1 to it.
@@ -35,7 +35,7 @@ backend {
 # Browsers may connect only from these pages (the chat page is served by the backend).
 origins {
   allow = [
-    "http://127.0.0.1:5000",
+    env("WSIDECAR_ORIGIN", "http://127.0.0.1:5000"),
     "http://localhost:5000",
   ]
 }
