@@ -127,7 +127,7 @@ type ConnectResult struct {
 	Accepted bool        // 2xx
 	Status   int         // the backend's status code
 	Body     []byte      // relayed to the client when rejected
-	Header   [][2]string // Content-Type and Retry-After of a rejection, relayed
+	Header   [][2]string // Content-Type, Retry-After and WWW-Authenticate of a rejection, relayed
 	Actions  *Actions    // on 2xx; may be nil
 }
 
