@@ -1,0 +1,517 @@
+package proxy
+
+import (
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/wsidecar/wsidecar/bridge"
+)
+
+// conn is one upgraded socket. Field groups are guarded as marked; the
+// struct is kept small because there is one per socket.
+type conn struct {
+	id     string
+	serial uint64 // hub-assigned; orders sockets for dedupe
+	srv    *Server
+	route  *route
+	lim    *limitsSnap
+	ws     *websocket.Conn // nil only for detached test sockets: writes are discarded
+	nc     net.Conn
+	// releases are the door's release funcs (Handshake.OnRelease), run
+	// when the socket is gone; the Handshake itself is not kept.
+	releases []func()
+	// runWriter is c.writeLoop, bound once: `go c.writeLoop()` would
+	// allocate a closure on every writer start, i.e. per socket per burst.
+	runWriter func()
+
+	info        atomic.Pointer[bridge.ConnInfo] // copy-on-write: calls keep a stable snapshot
+	connectedAt int64                           // wall clock, unix ns
+	lastSeen    atomic.Int64                    // monotonic ns of the last frame or pong
+	lastPing    atomic.Int64                    // monotonic ns of the last ping queued
+	expires     atomic.Int64                    // wall unix ns when the token expires; 0 never
+	calls       atomic.Int32                    // message webhooks in flight
+	closingFlag atomic.Bool                     // mirrors closing for the read loop's cheap check
+
+	mu         sync.Mutex    // guards the send queue, close state, ws/nc attachment
+	q          *ring         // nil while idle: idle sockets hold no queue storage
+	room       chan struct{} // made by a reply waiting for queue room; closed when there is some
+	reason     string        // close reason sent or to report
+	peerReason string
+	code       int32          // close code sent or to report
+	peerCode   int32          // close code the peer sent; 0 none
+	ready      bool           // ws/nc attached: frames queued before the upgrade wait for it
+	writing    bool           // a writer goroutine is running
+	closing    bool           // a close frame is queued or sent; no more data frames
+	closed     bool           // teardown started; nothing more is queued
+	werr       bool           // a write failed; the socket is being cut
+	initiated  bool           // the server started the close
+	killed     bool           // cut without a close frame (Close, drain deadline)
+	connected  bool           // the connect webhook accepted: a disconnect is owed
+	bg         sync.WaitGroup // writer and pipeline workers
+
+	smu      sync.Mutex // guards the hub-managed state below
+	inHub    bool
+	user     string
+	channels map[string]struct{}
+	meta     map[string]string
+
+	// Read goroutine only.
+	seq  uint64
+	rate *rateState // nil until the first message on a rate-limited socket
+	pipe *pipeline
+}
+
+// rateState holds a socket's message and byte buckets.
+type rateState struct{ msgs, bytes bucket }
+
+// newConn returns a socket not yet in the hub and without a connection.
+func newConn(s *Server, id string, rt *route, lim *limitsSnap, releases []func()) *conn {
+	c := &conn{id: id, srv: s, route: rt, lim: lim, releases: releases}
+	c.runWriter = c.writeLoop
+	now := s.mono()
+	c.lastSeen.Store(now)
+	c.lastPing.Store(now)
+	return c
+}
+
+// outFrame is one queued frame: a prepared (shared) data message, a raw data
+// message or a control frame.
+type outFrame struct {
+	pm   *websocket.PreparedMessage
+	data []byte
+	typ  int8
+	size int32 // payload bytes, for metrics
+}
+
+// ring is a growable FIFO of frames. Rings are pooled (Server.rings) and
+// detached from a socket whenever its queue empties.
+type ring struct {
+	buf  []outFrame
+	head int
+	n    int
+}
+
+func newRing() any { return &ring{buf: make([]outFrame, 8)} }
+
+// maxPooledRing keeps rings that grew under a burst out of the pool.
+const maxPooledRing = 64
+
+func (r *ring) push(f outFrame) {
+	if r.n == len(r.buf) {
+		nb := make([]outFrame, max(2*len(r.buf), 8))
+		for i := 0; i < r.n; i++ {
+			nb[i] = r.buf[(r.head+i)%len(r.buf)]
+		}
+		r.buf, r.head = nb, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = f
+	r.n++
+}
+
+func (r *ring) pop() outFrame {
+	f := r.buf[r.head]
+	r.buf[r.head] = outFrame{}
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return f
+}
+
+// clear drops every queued frame.
+func (r *ring) clear() {
+	for r.n > 0 {
+		r.pop()
+	}
+	r.head = 0
+}
+
+type enqResult uint8
+
+const (
+	enqQueued enqResult = iota
+	enqFull             // queue full: dropped
+	enqClosed           // socket closing: not queued, not counted
+)
+
+// controlSlack lets pings, pongs and the close frame past a full data
+// queue, without letting a ping flood grow it without bound.
+const controlSlack = 8
+
+// enqueue queues a data frame without blocking. A full queue drops the
+// frame, counts it and, under the "close" slow-consumer policy, closes the
+// socket with 1013.
+func (c *conn) enqueue(f outFrame) enqResult {
+	c.mu.Lock()
+	if c.closing || c.closed || c.werr {
+		c.mu.Unlock()
+		return enqClosed
+	}
+	if c.q != nil && c.q.n >= c.lim.sendQueue {
+		c.mu.Unlock()
+		c.overflow()
+		return enqFull
+	}
+	start := c.pushLocked(f)
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+	return enqQueued
+}
+
+// enqueueControl queues a ping or pong; dropped when the socket is closing
+// or hopelessly behind.
+func (c *conn) enqueueControl(typ int, data []byte) {
+	c.mu.Lock()
+	if c.closing || c.closed || c.werr || c.q != nil && c.q.n >= c.lim.sendQueue+controlSlack {
+		c.mu.Unlock()
+		return
+	}
+	start := c.pushLocked(outFrame{typ: int8(typ), data: data})
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+}
+
+// reply queues a frame answering this socket's own message (a webhook
+// reply, an error frame, connect frames). Unlike enqueue it waits for room
+// instead of dropping: the producer is the socket's own read loop, so
+// waiting pushes back on the client through TCP rather than punishing a
+// client that reads fine but writes in bursts. It gives up when the socket
+// closes or its writer fails (bounded by WriteTimeout).
+func (c *conn) reply(m bridge.Message) {
+	typ := int8(websocket.TextMessage)
+	if m.Binary {
+		typ = websocket.BinaryMessage
+	}
+	f := outFrame{typ: typ, data: m.Data, size: int32(len(m.Data))}
+	c.mu.Lock()
+	// Before the hijack no writer can make room (connect frames): queue
+	// them all, the backend's document bounds them.
+	for c.ready && c.q != nil && c.q.n >= c.lim.sendQueue && !c.closing && !c.closed && !c.werr {
+		if c.room == nil {
+			c.room = make(chan struct{})
+		}
+		room := c.room
+		c.mu.Unlock()
+		<-room
+		c.mu.Lock()
+	}
+	if c.closing || c.closed || c.werr {
+		c.mu.Unlock()
+		return
+	}
+	start := c.pushLocked(f)
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+}
+
+// wakeLocked releases a reply waiting for queue room (c.mu held).
+func (c *conn) wakeLocked() {
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
+}
+
+// pushLocked appends f and reports whether a writer must be started (c.mu
+// held).
+func (c *conn) pushLocked(f outFrame) bool {
+	if c.q == nil {
+		c.q = c.srv.rings.Get().(*ring)
+	}
+	c.q.push(f)
+	if c.writing || !c.ready {
+		return false
+	}
+	c.writing = true
+	c.bg.Add(1)
+	return true
+}
+
+// releaseQueueLocked gives an empty queue back to the pool (c.mu held).
+func (c *conn) releaseQueueLocked() {
+	if c.q == nil {
+		return
+	}
+	c.q.clear()
+	if len(c.q.buf) <= maxPooledRing {
+		c.srv.rings.Put(c.q)
+	}
+	c.q = nil
+}
+
+func (c *conn) overflow() {
+	if c.srv == nil {
+		return
+	}
+	c.srv.m.dropped.Inc()
+	if c.lim.slowClose && c.close(1013, "slow consumer", false) {
+		c.srv.m.slowClose.Inc()
+		c.srv.connLog(c).Info("closing slow consumer", "queue", c.lim.sendQueue)
+	}
+}
+
+// writeLoop drains the queue and exits when it is empty, so an idle socket
+// has no writer goroutine.
+func (c *conn) writeLoop() {
+	defer c.bg.Done()
+	for {
+		c.mu.Lock()
+		if c.werr || c.q == nil || c.q.n == 0 {
+			c.writing = false
+			c.releaseQueueLocked()
+			c.mu.Unlock()
+			return
+		}
+		f := c.q.pop()
+		c.wakeLocked()
+		timeout := c.srv.writeTimeout()
+		if c.closed || c.closing {
+			timeout = min(timeout, c.srv.closeTimeout())
+		}
+		c.mu.Unlock()
+		if err := c.writeFrame(&f, timeout); err != nil {
+			c.writeFailed(err)
+		}
+	}
+}
+
+func (c *conn) writeFrame(f *outFrame, timeout time.Duration) error {
+	if c.ws == nil {
+		return nil
+	}
+	_ = c.ws.SetWriteDeadline(time.Now().Add(timeout))
+	var err error
+	if f.pm != nil {
+		err = c.ws.WritePreparedMessage(f.pm)
+	} else {
+		err = c.ws.WriteMessage(int(f.typ), f.data)
+	}
+	if err == nil && (f.typ == websocket.TextMessage || f.typ == websocket.BinaryMessage) {
+		c.srv.m.framesOut.Inc()
+		c.srv.m.bytesOut.Add(int(f.size))
+	}
+	return err
+}
+
+// writeFailed stops writing to a socket whose peer is gone or stuck, and
+// cuts it so the read loop ends.
+func (c *conn) writeFailed(err error) {
+	c.mu.Lock()
+	c.werr = true
+	c.wakeLocked()
+	if c.q != nil {
+		c.q.clear()
+	}
+	closeSent := c.closing && err == websocket.ErrCloseSent
+	if !c.closing && c.code == 0 {
+		c.code, c.reason = websocket.CloseAbnormalClosure, "write failed"
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			c.reason = "write timeout"
+		}
+	}
+	nc := c.nc
+	c.mu.Unlock()
+	if !closeSent && nc != nil {
+		_ = nc.Close()
+	}
+}
+
+// close starts the closing handshake: queue a close frame (after the frames
+// already queued when flush is set, instead of them otherwise) and give the
+// peer CloseTimeout to answer before the TCP connection is cut. It reports
+// whether this call started the close.
+func (c *conn) close(code int, reason string, flush bool) bool {
+	c.mu.Lock()
+	if c.closing || c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closing, c.initiated = true, true
+	c.closingFlag.Store(true)
+	c.code, c.reason = int32(code), reason
+	c.wakeLocked()
+	if !flush && c.q != nil {
+		c.q.clear()
+	}
+	start := c.pushLocked(outFrame{typ: websocket.CloseMessage, data: websocket.FormatCloseMessage(code, reason)})
+	werr, nc := c.werr, c.nc
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+	if nc != nil {
+		if werr {
+			_ = nc.Close()
+		} else {
+			// The read loop waits for the peer's close frame; the deadline
+			// bounds that wait (and frees a reader stuck on a dead peer).
+			// Before the hijack, attach sets it.
+			_ = nc.SetReadDeadline(time.Now().Add(c.srv.closeTimeout()))
+		}
+	}
+	return true
+}
+
+// kill cuts the TCP connection at once (server Close, drain deadline).
+func (c *conn) kill(code int, reason string) {
+	c.mu.Lock()
+	if c.code == 0 && !c.closing && c.peerCode == 0 {
+		c.code, c.reason, c.initiated = int32(code), reason, true
+	}
+	c.killed = true
+	c.closingFlag.Store(true)
+	c.wakeLocked()
+	nc := c.nc
+	c.mu.Unlock()
+	if nc != nil {
+		_ = nc.Close()
+	}
+}
+
+// onPeerClose runs on the read goroutine when the peer's close frame
+// arrives: echo it (RFC 6455 §5.5.1) unless we started the close.
+func (c *conn) onPeerClose(code int, text string) error {
+	c.mu.Lock()
+	c.peerCode, c.peerReason = int32(code), truncateReason(text)
+	var start bool
+	if !c.closing {
+		c.closing = true
+		c.closingFlag.Store(true)
+		c.wakeLocked()
+		echo := code
+		if !sendable(echo) {
+			echo = websocket.CloseNoStatusReceived // empty close payload
+		}
+		start = c.pushLocked(outFrame{typ: websocket.CloseMessage, data: websocket.FormatCloseMessage(echo, "")})
+	}
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+	return nil
+}
+
+// touch records life from the peer for the heartbeat scanner.
+func (c *conn) touch() {
+	if c.srv != nil {
+		c.lastSeen.Store(c.srv.mono())
+	}
+}
+
+func (c *conn) currentUser() string {
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	return c.user
+}
+
+// state snapshots the socket for the connection endpoints.
+func (c *conn) state() bridge.ConnState {
+	ci := c.info.Load()
+	st := bridge.ConnState{ID: c.id, ConnectedAt: time.Unix(0, c.connectedAt), Channels: []string{}}
+	if ci != nil {
+		st.Route, st.ClientIP, st.Protocol = ci.Route, ci.ClientIP, ci.Protocol
+	}
+	c.smu.Lock()
+	st.User = c.user
+	for ch := range c.channels {
+		st.Channels = append(st.Channels, ch)
+	}
+	if len(c.meta) > 0 {
+		st.Meta = make(map[string]string, len(c.meta))
+		for k, v := range c.meta {
+			st.Meta[k] = v
+		}
+	}
+	c.smu.Unlock()
+	slices.Sort(st.Channels)
+	return st
+}
+
+// sendable reports whether a close code may be sent on the wire
+// (RFC 6455 §7.4: 1004-1006 and 1015 are reserved, 1016-2999 unassigned).
+func sendable(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	case code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+// sendableCode maps codes that may not be sent to 1000.
+func sendableCode(code int) int {
+	if sendable(code) {
+		return code
+	}
+	return websocket.CloseNormalClosure
+}
+
+// maxReason is the longest close reason: a control frame payload is 125
+// bytes, two of which hold the code (RFC 6455 §5.5).
+const maxReason = 123
+
+// truncateReason cuts a close reason to maxReason bytes without splitting a
+// UTF-8 sequence.
+func truncateReason(s string) string {
+	if len(s) <= maxReason {
+		return s
+	}
+	i := maxReason
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
+}
+
+// attach gives a registered socket its connection (after the 101) and
+// starts writing what was queued meanwhile.
+func (c *conn) attach(ws *websocket.Conn) {
+	c.mu.Lock()
+	c.ws, c.nc, c.ready = ws, ws.NetConn(), true
+	start := false
+	if c.q != nil && c.q.n > 0 && !c.writing {
+		c.writing = true
+		c.bg.Add(1)
+		start = true
+	}
+	killed, closing := c.killed, c.closing
+	c.mu.Unlock()
+	if start {
+		go c.runWriter()
+	}
+	switch {
+	case killed:
+		_ = c.nc.Close()
+	case closing:
+		_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.closeTimeout()))
+	}
+}
+
+// unstarted tears down a socket that was registered but never got its
+// connection (the upgrade failed or the client left before the 101).
+func (c *conn) unstarted(reason string) {
+	c.mu.Lock()
+	c.closed = true
+	c.closingFlag.Store(true)
+	c.wakeLocked()
+	c.releaseQueueLocked()
+	c.mu.Unlock()
+	c.srv.hub.remove(c)
+	runReleases(c.releases)
+	c.route.open.Dec()
+	if c.connected && c.route.cfg.OnDisconnect != "" && c.srv.backend != nil {
+		c.srv.backend.Disconnect(c.info.Load(), bridge.DisconnectInfo{Code: websocket.CloseAbnormalClosure, Reason: reason})
+	}
+	c.srv.track.done()
+}
