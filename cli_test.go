@@ -29,7 +29,7 @@ func TestBadConfigExit2(t *testing.T) {
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
-		if !strings.Contains(stderr, path+":3,") || !strings.Contains(stderr, `timeout = "soon"`) {
+		if !strings.Contains(stderr, path+":3:13:") || !strings.Contains(stderr, `timeout = "soon"`) {
 			t.Errorf("%v: diagnostic lacks file:line or source line:\n%s", args, stderr)
 		}
 	}

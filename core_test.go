@@ -90,7 +90,7 @@ func TestMessageRoundTrip(t *testing.T) {
 // 1,000 messages sent quickly reach the backend in order, numbered 1..1000.
 func TestMessagesInOrder(t *testing.T) {
 	be := newBackend(t)
-	sc := startSidecar(t, be.URL, chatRoute)
+	sc := startSidecar(t, be.URL, chatRoute+`limits { message_rate = "100000/s" }`)
 	c := dial(t, sc.WS+"/ws/a", nil)
 	const n = 1000
 	for i := 1; i <= n; i++ {
@@ -207,18 +207,18 @@ func TestPushTargets(t *testing.T) {
 		path, ct  string
 		body      []byte
 		delivered int
-		receivers []*websocket.Conn
+		receivers []*client
 	}
-	all := []*websocket.Conn{a1, a2, b1}
+	all := []*client{a1, a2, b1}
 	cases := []want{
-		{"connection", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"connections": []string{idB1}, "text": "c"}), 1, []*websocket.Conn{b1}},
-		{"user", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"users": []string{"alice"}, "text": "u"}), 2, []*websocket.Conn{a1, a2}},
-		{"channel", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"channels": []string{"room:b"}, "text": "ch"}), 2, []*websocket.Conn{a2, b1}},
+		{"connection", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"connections": []string{idB1}, "text": "c"}), 1, []*client{b1}},
+		{"user", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"users": []string{"alice"}, "text": "u"}), 2, []*client{a1, a2}},
+		{"channel", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"channels": []string{"room:b"}, "text": "ch"}), 2, []*client{a2, b1}},
 		{"dedupe", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"channels": []string{"room:b", "all"}, "users": []string{"bob"}, "text": "d"}), 3, all},
-		{"broadcast exclude", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"broadcast": true, "exclude": []string{idB1}, "text": "bx"}), 2, []*websocket.Conn{a1, a2}},
-		{"raw channel", "POST", "/v1/push/channel/room:a", "text/plain", []byte("rc"), 1, []*websocket.Conn{a1}},
-		{"raw user", "POST", "/v1/push/user/bob", "text/plain", []byte("ru"), 1, []*websocket.Conn{b1}},
-		{"raw connection", "POST", "/v1/push/connection/" + idB1, "text/plain", []byte("rconn"), 1, []*websocket.Conn{b1}},
+		{"broadcast exclude", "POST", "/v1/push", "application/json", jsonBody(map[string]any{"broadcast": true, "exclude": []string{idB1}, "text": "bx"}), 2, []*client{a1, a2}},
+		{"raw channel", "POST", "/v1/push/channel/room:a", "text/plain", []byte("rc"), 1, []*client{a1}},
+		{"raw user", "POST", "/v1/push/user/bob", "text/plain", []byte("ru"), 1, []*client{b1}},
+		{"raw connection", "POST", "/v1/push/connection/" + idB1, "text/plain", []byte("rconn"), 1, []*client{b1}},
 		{"raw broadcast", "POST", "/v1/push/broadcast", "text/plain", []byte("rb"), 3, all},
 	}
 	for _, tc := range cases {
@@ -268,8 +268,8 @@ func TestPushTargets(t *testing.T) {
 	if status, raw := httpDo(t, "GET", sc.Admin+"/v1/connections/"+idB1, "", nil, &st); status != 200 || st.User != "bob" || !containsStr(st.Channels, "room:b") {
 		t.Errorf("GET connection: %d %s", status, raw)
 	}
-	var list []json.RawMessage
-	if status, raw := httpDo(t, "GET", sc.Admin+"/v1/connections?user=alice", "", nil, &list); status != 200 || len(list) != 2 {
+	var list connList
+	if status, raw := httpDo(t, "GET", sc.Admin+"/v1/connections?user=alice", "", nil, &list); status != 200 || len(list.Connections) != 2 {
 		t.Errorf("list by user: %d %s", status, raw)
 	}
 	var changed map[string]int
@@ -361,7 +361,7 @@ stream "news" {
 	waitSubscribers(t, sc, "feed:news", 2)
 	next <- 1
 	next <- 2
-	for _, c := range []*websocket.Conn{c1, c2} {
+	for _, c := range []*client{c1, c2} {
 		for i := 1; i <= 2; i++ {
 			if got := readText(t, c); got != fmt.Sprintf("item %d", i) {
 				t.Fatalf("got %q, want item %d", got, i)
@@ -370,7 +370,7 @@ stream "news" {
 	}
 	next <- -1 // cut; events 3..5 happen while disconnected and are replayed
 	next <- 5
-	for _, c := range []*websocket.Conn{c1, c2} {
+	for _, c := range []*client{c1, c2} {
 		for i := 3; i <= 5; i++ {
 			if got := readText(t, c); got != fmt.Sprintf("item %d", i) {
 				t.Fatalf("after reconnect got %q, want item %d", got, i)
@@ -389,13 +389,18 @@ stream "news" {
 func waitSubscribers(t *testing.T, sc *sidecar, channel string, n int) {
 	t.Helper()
 	eventually(t, 5*time.Second, func() bool {
-		var list []json.RawMessage
+		var list connList
 		status, _ := httpDo(t, "GET", sc.Admin+"/v1/connections?channel="+channel, "", nil, &list)
-		return status == 200 && len(list) == n
+		return status == 200 && len(list.Connections) == n
 	}, "channel %s never had %d subscribers", channel, n)
 }
 
-func contains(cs []*websocket.Conn, c *websocket.Conn) bool {
+// connList is the answer of GET /v1/connections.
+type connList struct {
+	Connections []json.RawMessage `json:"connections"`
+}
+
+func contains(cs []*client, c *client) bool {
 	for _, x := range cs {
 		if x == c {
 			return true

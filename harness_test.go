@@ -179,8 +179,23 @@ func startSidecar(t *testing.T, backendURL, hcl string) *sidecar {
 	return s
 }
 
+// client is a WebSocket client whose reads run in the background, so a
+// test can wait for "no message" without cancelling a read (coder/websocket
+// closes the connection when a read's context ends).
+type client struct {
+	*websocket.Conn
+	in chan inbound
+}
+
+// inbound is one message or the error that ended reading.
+type inbound struct {
+	typ  websocket.MessageType
+	data []byte
+	err  error
+}
+
 // dial opens a WebSocket to the sidecar.
-func dial(t *testing.T, url string, opts *websocket.DialOptions) *websocket.Conn {
+func dial(t *testing.T, url string, opts *websocket.DialOptions) *client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -192,25 +207,42 @@ func dial(t *testing.T, url string, opts *websocket.DialOptions) *websocket.Conn
 		}
 		t.Fatalf("dial %s: %v (status %d)", url, err, status)
 	}
-	c.SetReadLimit(1 << 20)
 	t.Cleanup(func() { c.CloseNow() })
-	return c
+	return newClient(c)
+}
+
+func newClient(c *websocket.Conn) *client {
+	c.SetReadLimit(1 << 20)
+	cl := &client{Conn: c, in: make(chan inbound, 4096)}
+	go func() {
+		for {
+			typ, data, err := c.Read(context.Background())
+			cl.in <- inbound{typ, data, err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return cl
 }
 
 // read reads one message with a timeout.
-func read(t *testing.T, c *websocket.Conn) (websocket.MessageType, []byte) {
+func read(t *testing.T, c *client) (websocket.MessageType, []byte) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	typ, data, err := c.Read(ctx)
-	if err != nil {
-		t.Fatalf("read: %v", err)
+	select {
+	case m := <-c.in:
+		if m.err != nil {
+			t.Fatalf("read: %v", m.err)
+		}
+		return m.typ, m.data
+	case <-time.After(10 * time.Second):
+		t.Fatal("read: no message within 10s")
 	}
-	return typ, data
+	return 0, nil
 }
 
 // readText reads one message and requires it to be text.
-func readText(t *testing.T, c *websocket.Conn) string {
+func readText(t *testing.T, c *client) string {
 	t.Helper()
 	typ, data := read(t, c)
 	if typ != websocket.MessageText {
@@ -220,16 +252,19 @@ func readText(t *testing.T, c *websocket.Conn) string {
 }
 
 // noMessage asserts that nothing arrives within d.
-func noMessage(t *testing.T, c *websocket.Conn, d time.Duration) {
+func noMessage(t *testing.T, c *client, d time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	if typ, data, err := c.Read(ctx); err == nil {
-		t.Fatalf("unexpected %v message %q", typ, data)
+	select {
+	case m := <-c.in:
+		if m.err == nil {
+			t.Fatalf("unexpected %v message %q", m.typ, m.data)
+		}
+		c.in <- m // keep the ending for closeStatus
+	case <-time.After(d):
 	}
 }
 
-func write(t *testing.T, c *websocket.Conn, typ websocket.MessageType, data []byte) {
+func write(t *testing.T, c *client, typ websocket.MessageType, data []byte) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -238,25 +273,27 @@ func write(t *testing.T, c *websocket.Conn, typ websocket.MessageType, data []by
 	}
 }
 
-// closeStatus reads until the connection closes and returns its close code
-// and reason (-1 when it ended without a close frame).
-func closeStatus(t *testing.T, c *websocket.Conn, within time.Duration) (websocket.StatusCode, string) {
+// closeStatus waits until the connection closes and returns its close code
+// and reason (-1 when it ended without a close frame). Messages before the
+// close are skipped.
+func closeStatus(t *testing.T, c *client, within time.Duration) (websocket.StatusCode, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), within)
-	defer cancel()
+	deadline := time.After(within)
 	for {
-		_, _, err := c.Read(ctx)
-		if err == nil {
-			continue
-		}
-		var ce websocket.CloseError
-		if errors.As(err, &ce) {
-			return ce.Code, ce.Reason
-		}
-		if ctx.Err() != nil {
+		select {
+		case m := <-c.in:
+			if m.err == nil {
+				continue
+			}
+			var ce websocket.CloseError
+			if errors.As(m.err, &ce) {
+				return ce.Code, ce.Reason
+			}
+			return -1, m.err.Error()
+		case <-deadline:
 			t.Fatalf("connection not closed within %v", within)
+			return 0, ""
 		}
-		return -1, err.Error()
 	}
 }
 

@@ -116,7 +116,16 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*ap
 		return nil, fmt.Errorf("backend: %w", err)
 	}
 	a.hub = proxy.NewHub(proxy.HubOptions{})
-	a.broker = bridge.NewMemoryBroker(a.hub)
+	if cfg.Cluster != nil {
+		rb, err := newRedisBroker(*cfg.Cluster, a.hub, logger, a.metrics)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		a.broker = rb
+	} else {
+		a.broker = bridge.NewMemoryBroker(a.hub)
+	}
 	a.hub.SetWatcher(a.broker)
 
 	a.server, err = proxy.NewServer(proxy.Options{
@@ -130,6 +139,8 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*ap
 		Logger:         logger,
 		Metrics:        a.metrics,
 		ForwardHeaders: cfg.Backend.ForwardHeaders,
+		NodeID:         nodeID(cfg),
+		CallTimeout:    cfg.Backend.Timeout,
 	})
 	if err != nil {
 		cancel()
@@ -151,15 +162,20 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*ap
 	a.wsAddr, a.adminAddr = wsLn.Addr().String(), adminLn.Addr().String()
 
 	adminAPI := bridge.NewAdmin(bridge.AdminOptions{
-		Token:    cfg.Admin.Token,
-		Broker:   a.broker,
-		Ready:    a.ready,
-		Drain:    a.requestDrain,
-		Metrics:  func(w io.Writer) { metrics.WriteProcessMetrics(w); a.metrics.WritePrometheus(w) },
-		Logger:   logger,
-		Metrics_: a.metrics,
+		Token:  cfg.Admin.Token,
+		Broker: a.broker,
+		Ready:  a.ready,
+		Drain:  a.requestDrain,
+		WriteMetrics: func(w io.Writer) {
+			metrics.WriteProcessMetrics(w)
+			a.metrics.WritePrometheus(w)
+		},
+		Metrics: a.metrics,
+		Logger:  logger,
+		MaxBody: adminMaxBody,
 	})
-	a.admin = &fasthttp.Server{Handler: adminAPI.Handler, Name: "wsidecar", ReadTimeout: 30 * time.Second}
+	a.admin = &fasthttp.Server{Handler: adminAPI.Handler, Name: "wsidecar", ReadTimeout: 30 * time.Second,
+		MaxRequestBodySize: adminMaxBody + 4096, NoDefaultServerHeader: true}
 
 	a.streams = bridge.NewStreams(cfg.Backend.URL, cfg.Streams, a.broker, bridge.StreamOptions{Logger: logger, Metrics: a.metrics})
 	go a.streams.Run(ctx)
@@ -257,7 +273,10 @@ func (a *app) reload() {
 		a.logger.Error("reload rejected, keeping the running config", "file", a.cfg.Path, "diagnostics", msg)
 		return
 	}
-	a.server.UpdateRoutes(cfg.Routes)
+	if err := a.server.UpdateRoutes(cfg.Routes); err != nil {
+		a.logger.Error("reload rejected: routes", "err", err)
+		return
+	}
 	a.server.UpdateLimits(cfg.Limits)
 	if err := a.webhooks.Update(cfg.Backend); err != nil {
 		a.logger.Error("reload: backend settings rejected", "err", err)
@@ -265,4 +284,15 @@ func (a *app) reload() {
 	a.streams.Update(cfg.Streams)
 	a.cfg = cfg
 	a.logger.Info("config reloaded", "file", cfg.Path)
+}
+
+// adminMaxBody caps a push request body (the message plus its JSON).
+const adminMaxBody = 1 << 20
+
+// nodeID is the cluster node id, or "" (a random one) for a single replica.
+func nodeID(cfg *config.Config) string {
+	if cfg.Cluster != nil {
+		return cfg.Cluster.NodeID
+	}
+	return ""
 }

@@ -51,11 +51,12 @@ func isLoopback(addr string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// secret reads a secret (usually from env()). Too-short secrets are
-// rejected; the value itself never appears in a message.
+// secret reads a secret (usually from env()). An empty value means "not
+// set", so `env("NAME", "")` turns a secret off when NAME is unset.
+// Too-short secrets are rejected; the value never appears in a message.
 func (c *converter) secret(a *hcl.Attribute, minLen int) string {
 	s, ok := c.text(a)
-	if ok && len(s) < minLen {
+	if ok && s != "" && len(s) < minLen {
 		c.errAt(a, "Secret too short", fmt.Sprintf("%s must be at least %d bytes; generate one with: openssl rand -hex 32.", a.Name, minLen))
 	}
 	return s
