@@ -90,6 +90,7 @@ type app struct {
 	cfg      *config.Config
 	logger   *slog.Logger
 	metrics  *metrics.Set
+	door     *door
 	webhooks *bridge.Webhooks
 	hub      *proxy.Hub
 	broker   bridge.Broker
@@ -128,7 +129,14 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (*ap
 	}
 	a.hub.SetWatcher(a.broker)
 
+	a.door, err = newDoor(ctx, cfg, logger, a.metrics)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
 	a.server, err = proxy.NewServer(proxy.Options{
+		Door:           a.door.guards(),
+		TLSConfig:      a.door.tlsConfig(),
 		Listener:       cfg.Listener,
 		Routes:         cfg.Routes,
 		Limits:         cfg.Limits,
@@ -240,6 +248,7 @@ func (a *app) shutdown(sigs <-chan os.Signal) int {
 		}
 		a.cancel()
 		a.webhooks.Close()
+		a.door.close()
 		_ = a.broker.Close()
 		_ = a.admin.Shutdown()
 		done <- code
@@ -271,6 +280,10 @@ func (a *app) reload() {
 			msg = b.String()
 		}
 		a.logger.Error("reload rejected, keeping the running config", "file", a.cfg.Path, "diagnostics", msg)
+		return
+	}
+	if err := a.door.reload(cfg); err != nil {
+		a.logger.Error("reload rejected, keeping the running config", "file", a.cfg.Path, "err", err)
 		return
 	}
 	if err := a.server.UpdateRoutes(cfg.Routes); err != nil {
