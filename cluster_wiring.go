@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"log/slog"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -10,7 +9,8 @@ import (
 	"github.com/wsidecar/wsidecar/config"
 )
 
-// newRedisBroker is replaced by the Redis broker wiring when it lands.
+// newRedisBroker starts the Redis pub/sub broker that shares fan-out between
+// replicas (the cluster block).
 func newRedisBroker(c config.Cluster, h bridge.Hub, logger *slog.Logger, set *metrics.Set) (bridge.Broker, error) {
-	return nil, errors.New("cluster support is not built yet")
+	return bridge.NewRedisBroker(c, h, bridge.RedisOptions{Logger: logger, Metrics: set})
 }

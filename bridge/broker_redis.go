@@ -20,7 +20,7 @@ package bridge
 // every replica, and the reader hands them to the hub in that order on one
 // goroutine.
 //
-// Each message is one envelope (see redis_wire.go for the byte layout)
+// Each message is one redisEnvelope (see redis_wire.go for the byte layout)
 // carrying the origin node, an instance id, the kind, the whole target
 // (connections, users, channels, broadcast, exclude) and the payload.
 //
@@ -37,22 +37,41 @@ package bridge
 // exact counts; the publishing replica skips the echo of its own messages
 // by instance id.
 //
+// Results: Counts are this replica's deliveries, exact. Remote is the
+// number of other replicas Redis handed the message to (PUBLISH's receiver
+// count minus this replica's own subscription); their deliveries are not
+// counted. Failed counts PUBLISHes that could not reach Redis.
+//
+// Connection commands go to the owning node's topic. Disconnect and Lookup
+// are request/reply: the request carries an id, the owner answers on the
+// asker's node topic, and the asker waits up to RequestTimeout. List asks
+// every replica on P:all and merges the answers that arrive in time.
+// Subscribe and Unsubscribe for a remote connection are fire and forget
+// (Remote is 1 when the owning node listens).
+//
 // Delivery across replicas is at most once, like Redis pub/sub itself: a
 // replica whose subscriber connection is down misses what is published
-// meanwhile; nothing is queued or replayed.
+// meanwhile; nothing is queued or replayed. During a Redis outage local
+// delivery goes on, PUBLISHes fail fast (bounded by CallTimeout) and are
+// counted, and go-redis redials in the background; when Redis is back the
+// subscriber connection resubscribes P:all, the node topic and every
+// channel topic this replica needs, by itself.
+//
+// The code: this file (options, routing, the Broker methods),
+// redis_publish.go (pipelined PUBLISH), redis_link.go (the subscriber
+// connection, incoming messages, batched subscriptions),
+// redis_requests.go (commands that wait for another replica's answer),
+// redis_wire.go (the envelope's byte layout).
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -97,21 +116,26 @@ type RedisOptions struct {
 
 // Limits of the cluster protocol.
 const (
-	// subscribeChunk caps the topics in one SUBSCRIBE/UNSUBSCRIBE command.
-	subscribeChunk = 512
-	// maxListReply caps the sockets one replica returns to a List request,
-	// so one request cannot make a multi-megabyte Redis message.
-	maxListReply = 10000
-	// maxListReplies caps the replica answers a List waits for.
-	maxListReplies = 256
-	// replyQueue bounds replies waiting to be published; when full (Redis
+	// redisSubscribeChunk caps the topics in one SUBSCRIBE/UNSUBSCRIBE command.
+	redisSubscribeChunk = 512
+	// redisMaxListReply caps the sockets one replica returns to a List request,
+	// so one answer stays a Redis message of a couple of megabytes at most.
+	redisMaxListReply = 10000
+	// redisMaxListReplies caps the replica answers a List waits for.
+	redisMaxListReplies = 256
+	// redisMaxPipeline caps the PUBLISHes sent in one pipeline.
+	redisMaxPipeline = 128
+	// redisPublishQueue bounds PUBLISHes waiting for the pipeline; callers wait
+	// (bounded by their ctx) when it is full.
+	redisPublishQueue = 1024
+	// redisReplyQueue bounds replies waiting to be published; when full (Redis
 	// slow or down) further replies are dropped and the asker times out.
-	replyQueue = 64
-	// maxPooledBuf keeps huge pushes from pinning their buffers in the pool.
-	maxPooledBuf = 64 << 10
-	// link reconnect backoff bounds.
-	minBackoff = 50 * time.Millisecond
-	maxBackoff = 2 * time.Second
+	redisReplyQueue = 64
+	// redisMaxPooledBuf keeps huge pushes from pinning their buffers in the pool.
+	redisMaxPooledBuf = 64 << 10
+	// Backoff bounds between attempts to re-establish the subscriber link.
+	redisMinBackoff = 50 * time.Millisecond
+	redisMaxBackoff = 2 * time.Second
 )
 
 // RedisBroker is the clustered Broker: local sockets through the hub, other
@@ -155,9 +179,13 @@ type RedisBroker struct {
 	// Requests awaiting another replica's reply.
 	reqMu   sync.Mutex
 	reqSeq  uint64
-	pending map[uint64]chan envelopeReply
+	pending map[uint64]chan redisReply
 
-	replies chan outMsg
+	replies chan redisOut
+
+	pubq    chan *redisPub // PUBLISHes waiting for pubLoop
+	pubDone chan struct{}  // closed when pubLoop has stopped
+	reqs    sync.Pool      // *redisPub
 
 	bufs sync.Pool // *[]byte
 
@@ -171,14 +199,14 @@ type RedisBroker struct {
 
 var _ Broker = (*RedisBroker)(nil)
 
-// envelopeReply is one answer to a request.
-type envelopeReply struct {
+// redisReply is one answer to a request.
+type redisReply struct {
 	found bool
 	data  string
 }
 
-// outMsg is a reply waiting to be published.
-type outMsg struct {
+// redisOut is a reply waiting to be published.
+type redisOut struct {
 	topic   string
 	payload []byte
 }
@@ -191,7 +219,7 @@ func NewRedisBroker(cfg config.Cluster, h Hub, opts RedisOptions) (*RedisBroker,
 	if h == nil {
 		return nil, errors.New("bridge: redis broker: nil hub")
 	}
-	if err := checkNodeID(cfg.NodeID); err != nil {
+	if err := checkRedisNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("bridge: redis broker: %w", err)
 	}
 	ropt, err := redisClientOptions(cfg, opts)
@@ -238,12 +266,15 @@ func NewRedisBroker(cfg config.Cluster, h Hub, opts RedisOptions) (*RedisBroker,
 		kick:       make(chan struct{}, 1),
 		active:     make(map[string]struct{}),
 		confirmed:  make(map[string]struct{}),
-		pending:    make(map[uint64]chan envelopeReply),
-		replies:    make(chan outMsg, replyQueue),
+		pending:    make(map[uint64]chan redisReply),
+		replies:    make(chan redisOut, redisReplyQueue),
+		pubq:       make(chan *redisPub, redisPublishQueue),
+		pubDone:    make(chan struct{}),
 		since:      opts.Now(),
 		lastErr:    "not connected yet",
 	}
 	b.bufs.New = func() any { s := make([]byte, 0, 512); return &s }
+	b.reqs.New = func() any { return &redisPub{done: make(chan struct{}, 1)} }
 
 	set := opts.Metrics
 	set.GetOrCreateGauge(`wsidecar_cluster_redis_up`, func() float64 {
@@ -263,7 +294,8 @@ func NewRedisBroker(cfg config.Cluster, h Hub, opts RedisOptions) (*RedisBroker,
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.client = redis.NewClient(ropt)
 	b.ps = b.client.Subscribe(b.ctx) // no topics yet: connects lazily, in readLoop
-	b.wg.Add(3)
+	b.wg.Add(4)
+	go b.pubLoop()
 	go b.readLoop()
 	go b.subLoop()
 	go b.replyLoop()
@@ -331,9 +363,23 @@ func redisClientOptions(cfg config.Cluster, opts RedisOptions) (*redis.Options, 
 	return ro, nil
 }
 
-// checkNodeID applies the proxy's rules for node ids (they end up in topic
+// RedisLogger adapts a *slog.Logger to go-redis's own logging, which is
+// process-wide: go-redis reports every failed dial while Redis is down on
+// its global logger (stderr by default). main may install it once with
+// redis.SetLogger(bridge.RedisLogger{Logger: l}); lines go out at debug
+// level, since the broker already logs each link change at warn/info.
+type RedisLogger struct{ Logger *slog.Logger }
+
+// Printf implements go-redis's internal logging interface.
+func (l RedisLogger) Printf(ctx context.Context, format string, v ...any) {
+	if l.Logger != nil && l.Logger.Enabled(ctx, slog.LevelDebug) {
+		l.Logger.DebugContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
+	}
+}
+
+// checkRedisNodeID applies the proxy's rules for node ids (they end up in topic
 // names and connection ids).
-func checkNodeID(node string) error {
+func checkRedisNodeID(node string) error {
 	if node == "" || len(node) > 64 {
 		return fmt.Errorf("node id %q must be 1-64 characters", node)
 	}
@@ -347,10 +393,10 @@ func checkNodeID(node string) error {
 	return nil
 }
 
-// nodeOf returns the node part of a connection id: everything before the
+// connNode returns the node part of a connection id: everything before the
 // last "." (the random part never holds one; node ids may). "" when the
 // id has no node part.
-func nodeOf(id string) string {
+func connNode(id string) string {
 	i := strings.LastIndexByte(id, '.')
 	if i <= 0 {
 		return ""
@@ -361,7 +407,7 @@ func nodeOf(id string) string {
 // isLocal reports whether a connection id can only live on this replica
 // (its node is ours, or it names no node at all and cannot be routed).
 func (b *RedisBroker) isLocal(id string) bool {
-	n := nodeOf(id)
+	n := connNode(id)
 	return n == "" || n == b.node
 }
 
@@ -401,20 +447,20 @@ func (b *RedisBroker) Publish(ctx context.Context, t *Target, m Message, o Publi
 	return res, nil
 }
 
-// publishConnections sends one envelope per node owning a targeted remote
+// publishConnections sends one redisEnvelope per node owning a targeted remote
 // connection.
 func (b *RedisBroker) publishConnections(ctx context.Context, t *Target, m Message, res *PublishResult) {
 	if len(t.Connections) == 1 {
 		if id := t.Connections[0]; !b.isLocal(id) {
 			sub := Target{Connections: t.Connections, Exclude: t.Exclude}
-			b.publishDeliver(ctx, b.nodePrefix+nodeOf(id), &sub, m, res)
+			b.publishDeliver(ctx, b.nodePrefix+connNode(id), &sub, m, res)
 		}
 		return
 	}
 	groups := make(map[string][]string)
 	for _, id := range t.Connections {
 		if !b.isLocal(id) {
-			n := nodeOf(id)
+			n := connNode(id)
 			groups[n] = append(groups[n], id)
 		}
 	}
@@ -424,7 +470,7 @@ func (b *RedisBroker) publishConnections(ctx context.Context, t *Target, m Messa
 	}
 }
 
-// publishDeliver encodes and publishes one push envelope.
+// publishDeliver encodes and publishes one push redisEnvelope.
 func (b *RedisBroker) publishDeliver(ctx context.Context, topic string, t *Target, m Message, res *PublishResult) {
 	bp := b.bufs.Get().(*[]byte)
 	buf := appendDeliver((*bp)[:0], b.inst, b.node, t, m)
@@ -434,28 +480,7 @@ func (b *RedisBroker) publishDeliver(ctx context.Context, topic string, t *Targe
 		res.Failed++
 		return
 	}
-	res.Remote += n - b.self(topic)
-}
-
-func (b *RedisBroker) putBuf(bp *[]byte, buf []byte) {
-	if cap(buf) > maxPooledBuf {
-		return
-	}
-	*bp = buf[:0]
-	b.bufs.Put(bp)
-}
-
-// publish sends one PUBLISH and returns how many subscribers Redis handed
-// it to. go-redis has written payload to the socket when it returns, so
-// the caller may reuse it.
-func (b *RedisBroker) publish(ctx context.Context, topic string, payload []byte) (int, error) {
-	n, err := b.client.Publish(ctx, topic, payload).Result()
-	if err != nil {
-		b.pubFailures.Inc()
-		return 0, fmt.Errorf("redis publish: %w", err)
-	}
-	b.published.Inc()
-	return int(n), nil
+	res.Remote += max(0, n-b.self(topic))
 }
 
 // self is 1 when this replica's own subscriber is among a topic's
@@ -498,7 +523,7 @@ func (b *RedisBroker) change(ctx context.Context, kind byte, conn, user string, 
 		res.Changed = local(conn, "", channels)
 		return res, nil
 	case conn != "":
-		topic = b.nodePrefix + nodeOf(conn)
+		topic = b.nodePrefix + connNode(conn)
 		user = ""
 	case user != "":
 		res.Changed = local("", user, channels)
@@ -515,165 +540,8 @@ func (b *RedisBroker) change(ctx context.Context, kind byte, conn, user string, 
 		res.Failed = 1
 		return res, nil
 	}
-	res.Remote = n - b.self(topic)
+	res.Remote = max(0, n-b.self(topic))
 	return res, nil
-}
-
-// Disconnect closes a connection. For a connection on another replica it
-// asks that replica and waits up to RequestTimeout for its answer: false
-// when the replica says the connection does not exist or no replica
-// listens on that node's topic, true when it closed it or did not answer
-// in time (handed over, unconfirmed). An error means Redis could not be
-// reached.
-func (b *RedisBroker) Disconnect(ctx context.Context, id string, code int, reason string) (bool, error) {
-	if err := b.check(ctx); err != nil {
-		return false, err
-	}
-	if b.isLocal(id) {
-		return b.hub.Disconnect(id, code, reason), nil
-	}
-	if code < 0 || code > 4999 {
-		code = 1000
-	}
-	req, replies := b.newRequest(1)
-	defer b.endRequest(req)
-	w := wireWriter{}
-	w.header(wireDisconnect, 0, b.inst, b.node)
-	w.num(req)
-	w.str(id)
-	w.num(uint64(code))
-	w.str(reason)
-	n, err := b.publish(ctx, b.nodePrefix+nodeOf(id), w.b)
-	if err != nil {
-		return false, fmt.Errorf("disconnect on node %q: %w", nodeOf(id), err)
-	}
-	if n == 0 {
-		return false, nil
-	}
-	r, ok := b.await(ctx, replies)
-	if !ok {
-		return true, nil
-	}
-	return r.found, nil
-}
-
-// Lookup returns one connection's state, asking its replica when it lives
-// elsewhere. It fails when that replica does not answer within
-// RequestTimeout.
-func (b *RedisBroker) Lookup(ctx context.Context, id string) (ConnState, bool, error) {
-	if err := b.check(ctx); err != nil {
-		return ConnState{}, false, err
-	}
-	if b.isLocal(id) {
-		st, ok := b.hub.Lookup(id)
-		return st, ok, nil
-	}
-	node := nodeOf(id)
-	req, replies := b.newRequest(1)
-	defer b.endRequest(req)
-	w := wireWriter{}
-	w.header(wireLookup, 0, b.inst, b.node)
-	w.num(req)
-	w.str(id)
-	n, err := b.publish(ctx, b.nodePrefix+node, w.b)
-	if err != nil {
-		return ConnState{}, false, fmt.Errorf("lookup on node %q: %w", node, err)
-	}
-	if n == 0 {
-		return ConnState{}, false, nil
-	}
-	r, ok := b.await(ctx, replies)
-	if !ok {
-		return ConnState{}, false, fmt.Errorf("lookup on node %q: no answer within %v", node, b.opts.RequestTimeout)
-	}
-	if !r.found {
-		return ConnState{}, false, nil
-	}
-	var st ConnState
-	if err := json.Unmarshal([]byte(r.data), &st); err != nil {
-		return ConnState{}, false, fmt.Errorf("lookup on node %q: bad answer: %w", node, err)
-	}
-	return st, true, nil
-}
-
-// List returns the matching sockets of every replica that answers within
-// RequestTimeout (at most 10,000 per replica), sorted by id. When Redis
-// cannot be reached it returns this replica's sockets alone.
-func (b *RedisBroker) List(ctx context.Context, user, channel string) ([]ConnState, error) {
-	if err := b.check(ctx); err != nil {
-		return nil, err
-	}
-	out := b.hub.List(user, channel)
-	req, replies := b.newRequest(maxListReplies)
-	defer b.endRequest(req)
-	w := wireWriter{}
-	w.header(wireList, 0, b.inst, b.node)
-	w.num(req)
-	w.str(user)
-	w.str(channel)
-	n, err := b.publish(ctx, b.topicAll, w.b)
-	if err != nil {
-		b.log.Debug("list: other replicas not asked", "error", err)
-		return out, nil
-	}
-	expect := min(n-b.self(b.topicAll), maxListReplies)
-	timer := time.NewTimer(b.opts.RequestTimeout)
-	defer timer.Stop()
-	for ; expect > 0; expect-- {
-		var r envelopeReply
-		select {
-		case r = <-replies:
-		case <-timer.C:
-			b.log.Debug("list: some replicas did not answer", "missing", expect)
-			expect = 0
-			continue
-		case <-ctx.Done():
-			expect = 0
-			continue
-		case <-b.ctx.Done():
-			return nil, ErrBrokerClosed
-		}
-		var part []ConnState
-		if err := json.Unmarshal([]byte(r.data), &part); err != nil {
-			b.invalid.Inc()
-			continue
-		}
-		out = append(out, part...)
-	}
-	slices.SortFunc(out, func(a, b ConnState) int { return cmp.Compare(a.ID, b.ID) })
-	return out, nil
-}
-
-// newRequest registers a request id whose replies arrive on the returned
-// channel.
-func (b *RedisBroker) newRequest(capacity int) (uint64, chan envelopeReply) {
-	ch := make(chan envelopeReply, capacity)
-	b.reqMu.Lock()
-	b.reqSeq++
-	id := b.reqSeq
-	b.pending[id] = ch
-	b.reqMu.Unlock()
-	return id, ch
-}
-
-func (b *RedisBroker) endRequest(id uint64) {
-	b.reqMu.Lock()
-	delete(b.pending, id)
-	b.reqMu.Unlock()
-}
-
-// await waits for one reply, RequestTimeout or ctx, whichever comes first.
-func (b *RedisBroker) await(ctx context.Context, replies <-chan envelopeReply) (envelopeReply, bool) {
-	timer := time.NewTimer(b.opts.RequestTimeout)
-	defer timer.Stop()
-	select {
-	case r := <-replies:
-		return r, true
-	case <-timer.C:
-	case <-ctx.Done():
-	case <-b.ctx.Done():
-	}
-	return envelopeReply{}, false
 }
 
 // ChannelsChanged records channels that gained their first or lost their
@@ -729,255 +597,4 @@ func (b *RedisBroker) Close() error {
 		return fmt.Errorf("bridge: closing redis client: %w", err)
 	}
 	return nil
-}
-
-// readLoop is the only reader of the subscriber connection. It hands every
-// message to the hub on this goroutine, in arrival order (that is what
-// keeps per-channel order), and keeps the link alive: go-redis reconnects
-// and resubscribes every topic it was asked for; this loop adds backoff,
-// a health check and the up/down state.
-func (b *RedisBroker) readLoop() {
-	defer b.wg.Done()
-	// go-redis remembers these topics even when the subscribe fails, and
-	// subscribes them again on every new connection.
-	if err := b.ps.Subscribe(b.ctx, b.topicAll, b.topicNode); err != nil && b.ctx.Err() == nil {
-		b.linkDown(err)
-	}
-	var e envelope
-	backoff := minBackoff
-	wait := time.NewTimer(time.Hour)
-	wait.Stop()
-	pinged := false
-	for {
-		var msg any
-		var err error
-		if pinged {
-			// A read deadline from ctx (not a timeout argument) makes
-			// go-redis treat silence as a broken connection and redial.
-			rctx, cancel := context.WithTimeout(b.ctx, b.opts.HealthInterval)
-			msg, err = b.ps.ReceiveTimeout(rctx, 0)
-			cancel()
-		} else {
-			msg, err = b.ps.ReceiveTimeout(b.ctx, b.opts.HealthInterval)
-		}
-		if err != nil {
-			if b.ctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			if !pinged && errors.As(err, &ne) && ne.Timeout() {
-				// A quiet link: ask Redis to prove it is still there.
-				if err = b.ps.Ping(b.ctx); err == nil {
-					pinged = true
-					continue
-				}
-			}
-			pinged = false
-			b.linkDown(err)
-			wait.Reset(backoff)
-			select {
-			case <-b.ctx.Done():
-				return
-			case <-wait.C:
-			}
-			backoff = min(2*backoff, maxBackoff)
-			continue
-		}
-		backoff, pinged = minBackoff, false
-		b.linkUp()
-		switch m := msg.(type) {
-		case *redis.Message:
-			b.handle(m.Payload, &e)
-		case *redis.Subscription:
-			b.confMu.Lock()
-			switch m.Kind {
-			case "subscribe":
-				b.confirmed[m.Channel] = struct{}{}
-			case "unsubscribe":
-				delete(b.confirmed, m.Channel)
-			}
-			b.confMu.Unlock()
-		}
-	}
-}
-
-// linkUp marks the link up (cheap when it already is).
-func (b *RedisBroker) linkUp() {
-	if b.upFlag.Load() {
-		return
-	}
-	b.linkMu.Lock()
-	now := b.opts.Now()
-	down := now.Sub(b.since)
-	b.since, b.lastErr = now, ""
-	b.upFlag.Store(true)
-	b.linkMu.Unlock()
-	b.log.Info("redis link up", "was_down", down.Round(time.Millisecond).String())
-}
-
-// linkDown marks the link down; only the transition is logged.
-func (b *RedisBroker) linkDown(err error) {
-	b.confMu.Lock()
-	clear(b.confirmed)
-	b.confMu.Unlock()
-	b.linkMu.Lock()
-	b.lastErr = err.Error()
-	wasUp := b.upFlag.Swap(false)
-	if wasUp {
-		b.since = b.opts.Now()
-	}
-	b.linkMu.Unlock()
-	if wasUp {
-		b.disconnects.Inc()
-		b.log.Warn("redis link down; delivering to local sockets only until it is back", "error", err)
-	}
-}
-
-// handle acts on one message from Redis.
-func (b *RedisBroker) handle(payload string, e *envelope) {
-	if err := decodeEnvelope(payload, e); err != nil {
-		b.invalid.Inc()
-		b.log.Debug("dropping undecodable cluster message", "bytes", len(payload))
-		return
-	}
-	if e.inst == b.inst {
-		return // our own publish, already delivered locally
-	}
-	b.received.Inc()
-	switch e.kind {
-	case wireDeliver:
-		// Sockets keep the bytes after this returns; the payload string
-		// must not be aliased as a mutable slice.
-		b.hub.Deliver(&e.target, Message{Binary: e.flags&flagBinary != 0, Data: []byte(e.data)})
-	case wireSubscribe:
-		b.hub.Subscribe(e.conn, e.user, e.chans)
-	case wireUnsubscribe:
-		b.hub.Unsubscribe(e.conn, e.user, e.chans)
-	case wireDisconnect:
-		found := b.hub.Disconnect(e.conn, e.code, e.reason)
-		if e.req != 0 {
-			b.reply(e, found, nil)
-		}
-	case wireLookup:
-		st, found := b.hub.Lookup(e.conn)
-		var data []byte
-		if found {
-			var err error
-			if data, err = json.Marshal(st); err != nil {
-				found = false
-			}
-		}
-		b.reply(e, found, data)
-	case wireList:
-		list := b.hub.List(e.user, e.channel)
-		if len(list) > maxListReply {
-			list = list[:maxListReply]
-		}
-		if list == nil {
-			list = []ConnState{}
-		}
-		data, err := json.Marshal(list)
-		if err == nil {
-			b.reply(e, true, data)
-		}
-	case wireReply:
-		b.reqMu.Lock()
-		ch := b.pending[e.req]
-		b.reqMu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- envelopeReply{found: e.flags&flagFound != 0, data: e.data}:
-			default:
-			}
-		}
-	}
-}
-
-// reply queues an answer to the requesting node without blocking the
-// reader: a full queue drops it and the requester times out.
-func (b *RedisBroker) reply(e *envelope, found bool, data []byte) {
-	if checkNodeID(e.origin) != nil {
-		b.invalid.Inc()
-		return
-	}
-	var flags byte
-	if found {
-		flags = flagFound
-	}
-	w := wireWriter{b: make([]byte, 0, wireHeaderLen+len(b.node)+12+len(data))}
-	w.header(wireReply, flags, b.inst, b.node)
-	w.num(e.req)
-	w.b = append(w.b, data...)
-	select {
-	case b.replies <- outMsg{topic: b.nodePrefix + e.origin, payload: w.b}:
-	default:
-		b.repliesDropped.Inc()
-	}
-}
-
-// replyLoop publishes replies, so a slow Redis never stalls the reader.
-func (b *RedisBroker) replyLoop() {
-	defer b.wg.Done()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case r := <-b.replies:
-			if _, err := b.publish(b.ctx, r.topic, r.payload); err != nil {
-				b.log.Debug("cluster reply not sent", "error", err)
-			}
-		}
-	}
-}
-
-// subLoop turns batches of wanted channel changes into SUBSCRIBE and
-// UNSUBSCRIBE commands on the subscriber connection.
-func (b *RedisBroker) subLoop() {
-	defer b.wg.Done()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	for {
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-b.kick:
-		}
-		// Let a burst of joins and leaves settle into one batch.
-		timer.Reset(b.opts.SubscribeBatch)
-		select {
-		case <-b.ctx.Done():
-			return
-		case <-timer.C:
-		}
-		b.subMu.Lock()
-		want := b.want
-		b.want = make(map[string]bool, len(want))
-		b.subMu.Unlock()
-		var add, del []string
-		for ch, on := range want {
-			_, have := b.active[ch]
-			switch {
-			case on && !have:
-				b.active[ch] = struct{}{}
-				add = append(add, b.chPrefix+ch)
-			case !on && have:
-				delete(b.active, ch)
-				del = append(del, b.chPrefix+ch)
-			}
-		}
-		b.activeN.Store(int64(len(b.active)))
-		// go-redis updates its own topic set even when the command fails
-		// (Redis down), and subscribes that set on every reconnect, so a
-		// failure here needs no retry.
-		for c := range slices.Chunk(del, subscribeChunk) {
-			if err := b.ps.Unsubscribe(b.ctx, c...); err != nil && b.ctx.Err() == nil {
-				b.log.Debug("redis unsubscribe deferred to reconnect", "topics", len(c), "error", err)
-			}
-		}
-		for c := range slices.Chunk(add, subscribeChunk) {
-			if err := b.ps.Subscribe(b.ctx, c...); err != nil && b.ctx.Err() == nil {
-				b.log.Debug("redis subscribe deferred to reconnect", "topics", len(c), "error", err)
-			}
-		}
-	}
 }

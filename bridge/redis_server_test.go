@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,7 +46,7 @@ func startRedisServer(t testing.TB, extra ...string) *redisServer {
 	}
 	var lastErr error
 	for range 5 {
-		r := &redisServer{t: t, bin: bin, port: freeLoopbackPort(t), extra: extra}
+		r := &redisServer{t: t, bin: bin, port: redisFreePort(t), extra: extra}
 		r.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port))
 		r.URL = "redis://" + r.Addr + "/0"
 		if lastErr = r.start(); lastErr == nil {
@@ -57,7 +58,7 @@ func startRedisServer(t testing.TB, extra ...string) *redisServer {
 	return nil
 }
 
-func freeLoopbackPort(t testing.TB) int {
+func redisFreePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -74,7 +75,7 @@ func (r *redisServer) start() error {
 	args = append(args, r.extra...)
 	cmd := exec.Command(r.bin, args...)
 	out := &bytes.Buffer{}
-	cmd.Stdout, cmd.Stderr = &lockedWriter{w: out}, &lockedWriter{w: out}
+	cmd.Stdout, cmd.Stderr = &redisOutput{w: out}, &redisOutput{w: out}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -153,8 +154,8 @@ func (r *redisServer) client(password string) *redis.Client {
 	return c
 }
 
-// numSub returns PUBSUB NUMSUB for one topic.
-func numSub(t testing.TB, c *redis.Client, topic string) int64 {
+// redisNumSub returns PUBSUB NUMSUB for one topic.
+func redisNumSub(t testing.TB, c *redis.Client, topic string) int64 {
 	t.Helper()
 	m, err := c.PubSubNumSub(context.Background(), topic).Result()
 	if err != nil {
@@ -163,9 +164,9 @@ func numSub(t testing.TB, c *redis.Client, topic string) int64 {
 	return m[topic]
 }
 
-// commandCalls returns how many times Redis ran a command, from INFO
+// redisCommandCalls returns how many times Redis ran a command, from INFO
 // commandstats (0 when it never ran).
-func commandCalls(t testing.TB, c *redis.Client, command string) int {
+func redisCommandCalls(t testing.TB, c *redis.Client, command string) int {
 	t.Helper()
 	info, err := c.Info(context.Background(), "commandstats").Result()
 	if err != nil {
@@ -181,13 +182,84 @@ func commandCalls(t testing.TB, c *redis.Client, command string) int {
 	return 0
 }
 
-type lockedWriter struct {
+type redisOutput struct {
 	mu sync.Mutex
 	w  *bytes.Buffer
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
+func (l *redisOutput) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// tcpRelay forwards loopback TCP to Redis and can freeze: bytes are then
+// swallowed in both directions while every connection stays open, as when
+// a node or a network path dies without a FIN or RST.
+type tcpRelay struct {
+	ln     net.Listener
+	target string
+	frozen atomic.Bool
+	Addr   string
+}
+
+func startFreezableRelay(t testing.TB, target string) *tcpRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tcpRelay{ln: ln, target: target, Addr: ln.Addr().String()}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			open = append(open, c, up)
+			mu.Unlock()
+			wg.Add(2)
+			go func() { defer wg.Done(); r.pipe(up, c) }()
+			go func() { defer wg.Done(); r.pipe(c, up) }()
+		}
+	}()
+	return r
+}
+
+func (r *tcpRelay) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if r.frozen.Load() {
+			continue // swallowed
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
 }

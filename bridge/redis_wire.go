@@ -62,10 +62,10 @@ const (
 // wireHeaderLen is version, kind, flags and the instance id.
 const wireHeaderLen = 3 + 8
 
-// envelope is one decoded message. Its strings alias the received payload
-// (a Go string, so nothing is copied); Data aliases it too, so callers copy
-// Data before handing it to sockets.
-type envelope struct {
+// redisEnvelope is one decoded message. Its strings alias the received
+// payload (a Go string, so nothing is copied); data aliases it too, so
+// callers copy it before handing it to sockets.
+type redisEnvelope struct {
 	kind   byte
 	flags  byte
 	inst   uint64
@@ -84,7 +84,7 @@ type envelope struct {
 
 var errWire = errors.New("bridge: malformed cluster message")
 
-// wireWriter appends envelope fields to a buffer.
+// wireWriter appends redisEnvelope fields to a buffer.
 type wireWriter struct{ b []byte }
 
 func (w *wireWriter) header(kind, flags byte, inst uint64, origin string) {
@@ -186,7 +186,7 @@ func (r *wireReader) list(dst []string) []string {
 
 // decodeEnvelope parses p into e, reusing e's slices. Unknown versions and
 // kinds are errors: a newer replica's message is dropped, not misread.
-func decodeEnvelope(p string, e *envelope) error {
+func decodeEnvelope(p string, e *redisEnvelope) error {
 	if len(p) < wireHeaderLen || p[0] != wireVersion {
 		return errWire
 	}
