@@ -440,7 +440,9 @@ func (c *converter) cluster(r *rawCluster) *Cluster {
 		return nil
 	}
 	cl := &Cluster{NodeID: c.str(r.NodeID, "")}
-	if r.NodeID != nil && !isName(cl.NodeID) {
+	// An empty node_id (e.g. env("POD_NAME", "") outside Kubernetes) means
+	// the default, like an absent one.
+	if r.NodeID != nil && cl.NodeID != "" && !isName(cl.NodeID) {
 		c.errAt(r.NodeID, "Invalid value", "node_id uses letters, digits, '-', '_' and '.' (at most 64).")
 	}
 	if cl.NodeID == "" {
