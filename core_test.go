@@ -20,6 +20,7 @@ import (
 
 const chatRoute = `
 backend { url = "%BACKEND%" }
+origins { allow_missing = true } # the test clients are not browsers
 route "/ws/{room}" {
   auth          = "none"
   subprotocols  = ["chat.v2", "chat.v1"]
@@ -345,6 +346,7 @@ func TestSSEBridge(t *testing.T) {
 	t.Cleanup(func() { close(next) }) // runs before the server's Close waits for the stream
 	sc := startSidecar(t, srv, `
 backend { url = "%BACKEND%" }
+origins { allow_missing = true }
 route "/ws" {
   auth = "none"
   channels = ["feed:news"]

@@ -11,6 +11,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/wsidecar/wsidecar/bridge"
+	"github.com/wsidecar/wsidecar/limits"
 )
 
 // conn is one upgraded socket. Field groups are guarded as marked; the
@@ -63,17 +64,15 @@ type conn struct {
 
 	// Read goroutine only.
 	seq  uint64
-	rate *rateState // nil until the first message on a rate-limited socket
+	rate limits.ConnLimiter // message and byte buckets, by value: no allocation per socket
 	pipe *pipeline
 }
-
-// rateState holds a socket's message and byte buckets.
-type rateState struct{ msgs, bytes bucket }
 
 // newConn returns a socket not yet in the hub and without a connection.
 func newConn(s *Server, id string, rt *route, lim *limitsSnap, releases []func()) *conn {
 	c := &conn{id: id, srv: s, route: rt, lim: lim, releases: releases}
 	c.runWriter = c.writeLoop
+	c.rate.Init(s.adm)
 	now := s.mono()
 	c.lastSeen.Store(now)
 	c.lastPing.Store(now)

@@ -44,5 +44,11 @@
 //
 // The stages that belong to other packages (limits, auth) plug in as Guards
 // on Options.Door; each Door field documents what happens when it is nil.
-// Every refusal is a *Rejection with a reason that maps to one HTTP status.
+// Gate builds all of them from a limits.Door, a limits.Resolver, Origin
+// allowlists and an auth.Verifier, and swaps them atomically on reload.
+// Every refusal is a *Rejection with a reason that maps to one HTTP status;
+// it is counted once in wsidecar_handshake_rejections_total{reason} (through
+// the shared limits.Door) and logged at most once per reason per client
+// address per Options.RejectLogInterval, with credential query parameters
+// redacted.
 package proxy

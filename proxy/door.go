@@ -7,13 +7,16 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsidecar/wsidecar/auth"
 	"github.com/wsidecar/wsidecar/bridge"
 	"github.com/wsidecar/wsidecar/config"
+	"github.com/wsidecar/wsidecar/limits"
 )
 
 // pendingUpgrade carries a handshake that passed the door from the request
@@ -27,6 +30,9 @@ type pendingUpgrade struct {
 	channels  []string
 	actions   *bridge.Actions
 	connected bool // the connect webhook accepted: a disconnect is owed
+	// answerProto is the Sec-WebSocket-Protocol answer: the negotiated
+	// protocol, or Handshake.AnswerProtocol when none was.
+	answerProto string
 }
 
 // handle is the fasthttp handler: every request is a handshake attempt.
@@ -40,21 +46,57 @@ func (s *Server) handle(ctx *fasthttp.RequestCtx) {
 	s.upgrade(ctx, p)
 }
 
-// refuse answers a refused handshake, counts it and gives back whatever the
-// guards took.
+// refuse answers a refused handshake, counts it, logs it (rate-limited)
+// and gives back whatever the guards took.
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, h *Handshake, r *Rejection) {
 	h.release()
-	reason := reasonLabel(r.Reason)
-	s.m.rejected(reason)
-	if s.opts.OnReject != nil {
-		s.opts.OnReject(reason)
-	}
 	if r.Status == 0 {
 		r.Status = fasthttp.StatusForbidden
 	}
+	ip := h.ClientIP
+	if !ip.IsValid() {
+		ip = peerAddr(ctx.RemoteAddr()).Addr().Unmap()
+	}
+	s.rejected(ctx, ip, r)
 	writeRejection(ctx, r)
-	s.log.Debug("handshake refused", "reason", reason, "status", r.Status, "client_ip", h.ClientIP.String())
 }
+
+// rejected counts a refusal under its reason (unless a limits.Door call
+// already did) and logs it once per reason per client address per
+// RejectLogInterval. The log line carries the path and the query with
+// credential parameters redacted, never a header: tokens and cookies stay
+// out of logs.
+func (s *Server) rejected(ctx *fasthttp.RequestCtx, ip netip.Addr, r *Rejection) {
+	reason := reasonLabel(r.Reason)
+	if !r.Counted {
+		s.adm.Reject(reason)
+	}
+	if s.opts.OnReject != nil {
+		s.opts.OnReject(reason)
+	}
+	if !s.logGate.Allow(reason, ip) {
+		return
+	}
+	s.log.Info("handshake refused", "reason", reason, "status", r.Status, "client_ip", ip.String(),
+		"path", string(ctx.Path()), "query", s.redactQuery(ctx.URI().QueryString()),
+		"message", r.Message, "log_suppressed_total", s.logGate.Suppressed())
+}
+
+// redactQuery returns a handshake's query string fit for a log line.
+func (s *Server) redactQuery(q []byte) string {
+	if len(q) == 0 {
+		return ""
+	}
+	names := defaultTokenParams
+	if f := s.opts.Door.TokenParams; f != nil {
+		names = slices.Concat(f(), defaultTokenParams)
+	}
+	return auth.RedactQuery(string(q), names)
+}
+
+// defaultTokenParams are always redacted from logged query strings: a
+// client may send a token where the default config would look for it.
+var defaultTokenParams = auth.QueryNames(auth.DefaultSources)
 
 // admit runs the handshake pipeline up to (not including) the upgrade, in
 // the documented order.
@@ -76,7 +118,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, h *Handshake) (*pendingUpgrade,
 	h.ClientIP = h.Peer.Addr().Unmap()
 
 	// 2. Global cap.
-	if r := s.runGuard(s.opts.Door.GlobalCap, h, func(h *Handshake) *Rejection { return s.globalCap(h, lim) }); r != nil {
+	if r := s.runGuard(s.opts.Door.GlobalCap, h, s.globalCap); r != nil {
 		return nil, r
 	}
 	// 3. Client IP.
@@ -134,6 +176,10 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, h *Handshake) (*pendingUpgrade,
 		Headers:  s.forwardHeaders(ctx),
 		Hooks:    rt.hooks,
 	}
+	p.answerProto = p.ci.Protocol
+	if p.answerProto == "" {
+		p.answerProto = h.AnswerProtocol
+	}
 	if rt.cfg.Channels != nil || s.opts.evalChannels != nil {
 		chans, err := s.evalChannels(&rt.cfg, scopeOf(ctx, h))
 		if err != nil {
@@ -163,18 +209,16 @@ func (s *Server) runGuard(g Guard, h *Handshake, def func(*Handshake) *Rejection
 	return nil
 }
 
-// globalCap is the built-in global cap: a slot per open or upgrading
-// socket, given back when the socket closes.
-func (s *Server) globalCap(h *Handshake, lim *limitsSnap) *Rejection {
-	if lim.maxConns <= 0 {
-		return nil
+// globalCap is the default global cap: a slot of the admission state's
+// MaxConnections per open or upgrading socket, given back when the socket
+// closes.
+func (s *Server) globalCap(h *Handshake) *Rejection {
+	release, ok := s.adm.AcquireGlobal()
+	if !ok {
+		return &Rejection{Status: fasthttp.StatusServiceUnavailable, Reason: string(limits.ReasonGlobalCap),
+			Message: "server is at capacity", RetryAfter: limits.GlobalCapRetryAfter, Counted: true}
 	}
-	if s.reserved.Add(1) > int64(lim.maxConns) {
-		s.reserved.Add(-1)
-		return &Rejection{Status: fasthttp.StatusServiceUnavailable, Reason: "global_cap",
-			Message: "server is at capacity", RetryAfter: s.retryAfter}
-	}
-	h.OnRelease(func() { s.reserved.Add(-1) })
+	h.OnRelease(release)
 	return nil
 }
 
@@ -347,8 +391,8 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, p *pendingUpgrade) {
 		// still gets a proper close and the backend its disconnect.
 		c.close(websocket.CloseGoingAway, "going away", true)
 	}
-	if p.ci.Protocol != "" {
-		ctx.Response.Header.Set("Sec-WebSocket-Protocol", p.ci.Protocol)
+	if p.answerProto != "" {
+		ctx.Response.Header.Set("Sec-WebSocket-Protocol", p.answerProto)
 	}
 	key := p.key
 	s.pending.Store(key, c)
@@ -356,10 +400,7 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, p *pendingUpgrade) {
 		if _, ok := s.pending.LoadAndDelete(p.key); ok {
 			c.unstarted("upgrade failed")
 		}
-		s.m.rejected("bad_handshake")
-		if s.opts.OnReject != nil {
-			s.opts.OnReject("bad_handshake")
-		}
+		s.rejected(ctx, h.ClientIP, &Rejection{Status: fasthttp.StatusBadRequest, Reason: "bad_handshake", Message: "WebSocket upgrade failed"})
 	}
 }
 
@@ -416,18 +457,19 @@ func (s *Server) hijacked(c *conn, key net.Conn, ws *websocket.Conn) {
 	go c.readLoop()
 }
 
-// handleError answers requests fasthttp could not parse.
+// handleError answers requests fasthttp could not read: oversized headers
+// (MaxHeaderBytes) get 431, a client too slow to send its headers
+// (HandshakeTimeout: slowloris) gets 408 and the connection is closed,
+// anything else 400.
 func (s *Server) handleError(ctx *fasthttp.RequestCtx, err error) {
 	r := &Rejection{Status: fasthttp.StatusBadRequest, Reason: "bad_request", Message: "malformed request"}
 	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
 	if errors.As(err, &small) {
 		r = &Rejection{Status: fasthttp.StatusRequestHeaderFieldsTooLarge, Reason: "headers_too_large", Message: "request headers too large"}
-	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+	} else if errors.As(err, &ne) && ne.Timeout() {
 		r = &Rejection{Status: fasthttp.StatusRequestTimeout, Reason: "handshake_timeout", Message: "handshake took too long"}
 	}
-	s.m.rejected(r.Reason)
-	if s.opts.OnReject != nil {
-		s.opts.OnReject(r.Reason)
-	}
+	s.rejected(ctx, peerAddr(ctx.RemoteAddr()).Addr().Unmap(), r)
 	writeRejection(ctx, r)
 }

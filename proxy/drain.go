@@ -34,7 +34,7 @@ func (s *Server) Drain(ctx context.Context) error {
 		}
 	})
 	rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
-	s.spreadClose(ctx, conns, s.opts.Drain.Window)
+	s.spreadClose(ctx, conns, s.drainWindow(ctx))
 
 	select {
 	case <-s.track.wait():
@@ -51,6 +51,21 @@ func (s *Server) Drain(ctx context.Context) error {
 	case <-time.After(time.Second):
 	}
 	return fmt.Errorf("proxy: drain did not finish in time, remaining sockets cut: %w", ctx.Err())
+}
+
+// drainWindow is Drain.Window, shortened when ctx's deadline is nearer than
+// the window plus CloseTimeout: the last 1001 must leave its peer the time
+// to answer before the deadline cuts what is still open (a caller's
+// deadline may be shorter than Drain.Timeout, e.g. a shutdown that spent
+// time elsewhere first).
+func (s *Server) drainWindow(ctx context.Context) time.Duration {
+	window := s.opts.Drain.Window
+	if d, ok := ctx.Deadline(); ok {
+		if left := time.Until(d) - s.closeTimeout(); left < window {
+			window = max(left, 0)
+		}
+	}
+	return window
 }
 
 // spreadClose closes conns with 1001 evenly over window.

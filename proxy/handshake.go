@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsidecar/wsidecar/config"
+	"github.com/wsidecar/wsidecar/limits"
 )
 
 // Handshake is one upgrade request as the door sees it. The stages fill it
@@ -38,6 +39,13 @@ type Handshake struct {
 	// Auth guard removes token-carrying entries ("bearer", the token) before
 	// negotiation picks the first one the route lists.
 	Protocols []string
+	// AnswerProtocol, when set, is the Sec-WebSocket-Protocol answer used
+	// when negotiation picks none of Protocols. The Auth guard sets it to the
+	// client's "bearer" marker when the bearer pair was all it offered:
+	// browsers fail a handshake whose answer names no protocol after they
+	// offered some (WHATWG Fetch, "establish a WebSocket connection"). It is
+	// never the token and never reaches the backend as ConnInfo.Protocol.
+	AnswerProtocol string
 	// User is the authenticated user id (X-WS-User). Set by the Auth guard.
 	User string
 	// Claims are the verified token claims, visible to route templates as
@@ -107,6 +115,10 @@ type Rejection struct {
 	// Body, when non-nil, is sent as is instead of the JSON error document
 	// (a relayed connect-webhook answer); set its Content-Type in Header.
 	Body []byte
+	// Counted says the guard already counted this refusal in
+	// wsidecar_handshake_rejections_total (limits.Door methods count their
+	// own), so the server must not count it again.
+	Counted bool
 }
 
 // Guard is one stage of the door. Admit returns nil to let the handshake on
@@ -130,8 +142,23 @@ func (f GuardFunc) Admit(h *Handshake) *Rejection { return f(h) }
 // Guards are called concurrently from many handshakes; a guard that must
 // change at runtime (SIGHUP) swaps its own state atomically.
 type Door struct {
+	// Limits is the admission state the guards below share with the server:
+	// the server counts every refusal through Limits.Reject (one
+	// wsidecar_handshake_rejections_total family) and rate-limits each
+	// socket's messages with a limits.ConnLimiter on it. Whoever built it
+	// updates it on reload (Server.UpdateLimits does not). nil: the server
+	// builds a private one from Options.Limits and updates it in
+	// UpdateLimits.
+	Limits *limits.Door
+	// TokenParams returns the query parameters that may carry credentials;
+	// refusal log lines replace their values (auth.RedactQuery). It is
+	// called for each logged refusal, so it may follow reloads. The names
+	// of auth.DefaultSources ("access_token") are always redacted.
+	// nil: only those.
+	TokenParams func() []string
 	// GlobalCap caps connections process-wide. nil: the server's own cap,
-	// Limits.MaxConnections open-or-upgrading sockets (0 = no cap), 503.
+	// Limits.AcquireGlobal (Options.Limits.MaxConnections open-or-upgrading
+	// sockets, 0 = no cap), 503 + Retry-After.
 	GlobalCap Guard
 	// ClientIP resolves Handshake.ClientIP (trusted proxies). nil: the TCP
 	// peer is the client.

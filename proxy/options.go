@@ -69,9 +69,13 @@ type Options struct {
 	// CloseTimeout is how long a closing socket waits for the peer's close
 	// frame before the TCP connection is cut. Default 2s.
 	CloseTimeout time.Duration
-	// RetryAfter is sent with 503 answers (draining, backend unavailable,
-	// global cap). Default 5s.
+	// RetryAfter is sent with 503 answers (draining, backend unavailable).
+	// Default 5s. The global cap answers with limits.GlobalCapRetryAfter.
 	RetryAfter time.Duration
+	// RejectLogInterval is how often a refusal is logged per reason and
+	// client address (limits.LogGate): a flood must not become a log flood.
+	// Every refusal is counted regardless. Default 1m.
+	RejectLogInterval time.Duration
 	// Now is the wall clock for timestamps (ConnectedAt, durations, token
 	// expiry). nil: time.Now. Socket timing (heartbeat) uses the monotonic
 	// clock.
@@ -87,44 +91,40 @@ type Options struct {
 
 // Defaults applied by NewServer.
 const (
-	defaultCallTimeout      = 10 * time.Second
-	defaultWriteTimeout     = 10 * time.Second
-	defaultCloseTimeout     = 2 * time.Second
-	defaultRetryAfter       = 5 * time.Second
-	defaultHandshakeTimeout = 10 * time.Second
-	defaultMaxHeaderBytes   = 8 << 10
-	defaultIOBufferSize     = 1 << 10
-	defaultMaxMessageSize   = 64 << 10
-	defaultMaxInflatedSize  = 1 << 20
-	defaultSendQueue        = 256
-	defaultInterval         = 25 * time.Second
-	defaultTimeout          = 10 * time.Second
-	defaultDrainWindow      = 5 * time.Second
-	defaultDrainTimeout     = 25 * time.Second
+	defaultCallTimeout       = 10 * time.Second
+	defaultWriteTimeout      = 10 * time.Second
+	defaultCloseTimeout      = 2 * time.Second
+	defaultRetryAfter        = 5 * time.Second
+	defaultHandshakeTimeout  = 10 * time.Second
+	defaultMaxHeaderBytes    = 8 << 10
+	defaultIOBufferSize      = 1 << 10
+	defaultMaxMessageSize    = 64 << 10
+	defaultMaxInflatedSize   = 1 << 20
+	defaultSendQueue         = 256
+	defaultInterval          = 25 * time.Second
+	defaultTimeout           = 10 * time.Second
+	defaultDrainWindow       = 5 * time.Second
+	defaultDrainTimeout      = 25 * time.Second
+	defaultRejectLogInterval = time.Minute
 )
 
 // limitsSnap is the part of config.Limits a socket keeps from the moment it
 // opened: reloads change new sockets only.
 type limitsSnap struct {
-	maxConns        int
-	maxMessage      int64
-	maxInflated     int64
-	sendQueue       int
-	slowClose       bool   // SlowConsumer == "close"
-	ratePolicy      string // reply | drop | close
-	msgRate, byteRt config.Rate
+	maxMessage  int64
+	maxInflated int64
+	sendQueue   int
+	slowClose   bool   // SlowConsumer == "close"
+	ratePolicy  string // reply | drop | close
 }
 
 func snapLimits(l config.Limits) *limitsSnap {
 	s := &limitsSnap{
-		maxConns:    l.MaxConnections,
 		maxMessage:  l.MaxMessageSize,
 		maxInflated: l.MaxInflatedSize,
 		sendQueue:   l.SendQueue,
 		slowClose:   l.SlowConsumer != "drop",
 		ratePolicy:  l.RatePolicy,
-		msgRate:     l.MessageRate,
-		byteRt:      l.ByteRate,
 	}
 	if s.maxMessage <= 0 {
 		s.maxMessage = defaultMaxMessageSize

@@ -13,7 +13,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/wsidecar/wsidecar/bridge"
-	"github.com/wsidecar/wsidecar/config"
+	"github.com/wsidecar/wsidecar/limits"
 )
 
 // errNoBackend is the message-call error when the server has no Backend.
@@ -213,56 +213,26 @@ func (c *conn) apply(a *bridge.Actions) {
 	}
 }
 
-// bucket is a token bucket read and written only by the read goroutine, so
-// it needs no lock; 16 bytes per socket instead of a rate.Limiter.
-type bucket struct {
-	tokens float64
-	last   int64 // monotonic ns; 0 = not started
-}
-
-// take spends n tokens. A message bigger than the burst passes only with a
-// full bucket and leaves it in debt, so the byte rate still holds on
-// average.
-func (b *bucket) take(r config.Rate, now int64, n int) bool {
-	if r.Unlimited() {
-		return true
-	}
-	burst := float64(r.Burst)
-	if burst <= 0 {
-		burst = max(r.N, 1)
-	}
-	if b.last == 0 {
-		b.tokens = burst
-	} else {
-		b.tokens = min(burst, b.tokens+float64(now-b.last)*r.N/float64(r.Per))
-	}
-	b.last = now
-	if b.tokens < min(float64(n), burst) {
-		return false
-	}
-	b.tokens -= float64(n)
-	return true
-}
-
-// allow applies the per-connection message and byte rates.
+// allow applies the per-connection message and byte rates (the socket's
+// limits.ConnLimiter, which reads the admission state's current rates) and,
+// when the message is over, the route's rate policy: "reply" an error frame,
+// "drop" it silently, or "close" with 1008. Refusals are counted by the
+// limiter in wsidecar_message_rejections_total{reason}.
 func (c *conn) allow(n int) bool {
-	if c.lim.msgRate.Unlimited() && c.lim.byteRt.Unlimited() {
+	reason := c.rate.Allow(n)
+	if reason == "" {
 		return true
 	}
-	if c.rate == nil {
-		c.rate = &rateState{}
+	msg := "message rate exceeded"
+	if reason == limits.ReasonByteRate {
+		msg = "byte rate exceeded"
 	}
-	now := c.srv.mono()
-	if c.rate.msgs.take(c.lim.msgRate, now, 1) && c.rate.bytes.take(c.lim.byteRt, now, n) {
-		return true
-	}
-	c.srv.m.rateHits.Inc()
 	switch c.lim.ratePolicy {
 	case "drop":
 	case "close":
-		c.close(websocket.ClosePolicyViolation, "message rate exceeded", false)
+		c.close(websocket.ClosePolicyViolation, msg, false)
 	default:
-		c.reply(bridge.ErrorFrame("rate_limited", "message rate exceeded"))
+		c.reply(bridge.ErrorFrame("rate_limited", msg))
 	}
 	return false
 }

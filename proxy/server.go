@@ -16,6 +16,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/wsidecar/wsidecar/config"
+	"github.com/wsidecar/wsidecar/limits"
 )
 
 // ErrServerClosed is returned by Serve after Close.
@@ -52,7 +53,12 @@ type Server struct {
 	base   context.Context // parent of every backend call; cancelled by Close
 	cancel context.CancelFunc
 
-	reserved atomic.Int64 // built-in global cap: open + upgrading sockets
+	// adm is the admission state (Door.Limits, or a private one when ownAdm):
+	// the default global cap, rejection counting and per-socket rates.
+	adm     *limits.Door
+	ownAdm  bool
+	logGate *limits.LogGate // one refusal line per reason per client per interval
+
 	draining atomic.Bool
 	mu       sync.RWMutex // guards closed against socket registration
 	closed   bool
@@ -106,6 +112,12 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	s.routes.Store(rt)
 	s.limits.Store(snapLimits(opts.Limits))
+	s.adm = opts.Door.Limits
+	if s.adm == nil {
+		s.adm = limits.NewDoor(opts.Limits, limits.Options{Logger: s.log, Metrics: set})
+		s.ownAdm = true
+	}
+	s.logGate = limits.NewLogGate(orDefault(opts.RejectLogInterval, defaultRejectLogInterval), 0, nil)
 
 	s.callTimeout = orDefault(opts.CallTimeout, defaultCallTimeout)
 	s.retryAfter = orDefault(opts.RetryAfter, defaultRetryAfter)
@@ -234,10 +246,16 @@ func (s *Server) UpdateRoutes(routes []config.Route) error {
 	return nil
 }
 
-// UpdateLimits swaps the limits (SIGHUP). Open sockets keep the limits they
-// were opened with.
+// UpdateLimits swaps the limits (SIGHUP). Open sockets keep the size
+// limits, send queue and policies they were opened with; message and byte
+// rates follow the admission state (limits.Door), so they apply to open
+// sockets at once. A Door.Limits passed in Options is updated by its owner,
+// not here; the server's private one is updated here.
 func (s *Server) UpdateLimits(l config.Limits) {
 	s.limits.Store(snapLimits(l))
+	if s.ownAdm {
+		s.adm.Update(l)
+	}
 }
 
 // Draining reports whether the server has stopped admitting sockets (Drain

@@ -60,9 +60,9 @@ func TestRoundTripTextAndBinary(t *testing.T) {
 		"wsidecar_frames_out_total":               "2",
 		"wsidecar_bytes_out_total":                "9",
 	} {
-		if got := metricValue(s.set, series); got != want {
-			t.Errorf("%s = %q, want %s", series, got, want)
-		}
+		// Out counters move after the write returns, which may be just
+		// after the client has read the frame.
+		eventually(t, 5*time.Second, series+" = "+want, func() bool { return metricValue(s.set, series) == want })
 	}
 }
 
@@ -429,20 +429,51 @@ func TestRouteWithoutOnMessageIgnoresMessages(t *testing.T) {
 	}
 }
 
+// Over the per-connection message or byte rate (limits.ConnLimiter), the
+// route's policy applies: an error frame, a silent drop, or 1008. Refused
+// messages never reach the backend and are counted by reason.
 func TestMessageRatePolicy(t *testing.T) {
-	be := newFakeBackend()
-	lim := config.Limits{MessageRate: config.Rate{N: 1, Per: time.Hour, Burst: 2}, RatePolicy: "close"}
-	s := startServer(t, Options{Routes: []config.Route{openRoute("/ws")}, Backend: be, Limits: lim})
-	c := wsDial(t, s.url+"/ws", nil)
-	for i := 0; i < 2; i++ {
-		wsWrite(t, c, cws.MessageText, "m")
-		wsRead(t, c)
-	}
-	wsWrite(t, c, cws.MessageText, "one too many")
-	if code, _ := wsReadClose(t, c, 5*time.Second); code != cws.StatusPolicyViolation {
-		t.Fatalf("close %d, want 1008", code)
-	}
-	if n := len(be.messages()); n != 2 {
-		t.Fatalf("backend got %d messages, want 2", n)
+	msgRate := config.Rate{N: 1, Per: time.Hour, Burst: 2}
+	byteRate := config.Rate{N: 1, Per: time.Hour, Burst: 10}
+	for _, tc := range []struct {
+		name   string
+		lim    config.Limits
+		reason string
+	}{
+		{"reply", config.Limits{MessageRate: msgRate, RatePolicy: "reply"}, "message_rate"},
+		{"drop", config.Limits{MessageRate: msgRate, RatePolicy: "drop"}, "message_rate"},
+		{"close", config.Limits{MessageRate: msgRate, RatePolicy: "close"}, "message_rate"},
+		{"close on bytes", config.Limits{ByteRate: byteRate, RatePolicy: "close"}, "byte_rate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := newFakeBackend()
+			s := startServer(t, Options{Routes: []config.Route{openRoute("/ws")}, Backend: be, Limits: tc.lim})
+			c := wsDial(t, s.url+"/ws", nil)
+			for i := 0; i < 2; i++ { // within the burst: 2 messages, 10 bytes
+				wsWrite(t, c, cws.MessageText, "12345")
+				wsRead(t, c)
+			}
+			wsWrite(t, c, cws.MessageText, "one too many")
+			switch tc.lim.RatePolicy {
+			case "reply":
+				if _, msg := wsRead(t, c); !strings.Contains(msg, "rate_limited") {
+					t.Fatalf("got %q, want an error frame", msg)
+				}
+			case "drop":
+				// The next message is refused too; a close proves nothing
+				// came back in between.
+				_ = c.Close(cws.StatusNormalClosure, "")
+			case "close":
+				if code, _ := wsReadClose(t, c, 5*time.Second); code != cws.StatusPolicyViolation {
+					t.Fatalf("close %d, want 1008", code)
+				}
+			}
+			if n := len(be.messages()); n != 2 {
+				t.Fatalf("backend got %d messages, want 2", n)
+			}
+			if got := metricValue(s.set, `wsidecar_message_rejections_total{reason="`+tc.reason+`"}`); got != "1" {
+				t.Fatalf("%s refusals counted %q, want 1", tc.reason, got)
+			}
+		})
 	}
 }
