@@ -170,6 +170,11 @@ func (w *Webhooks) Close() {
 		if n > 0 {
 			w.dropDisconnects(n, "shutting down")
 		}
+		// The drop log is rate-limited; the process may be about to exit,
+		// so say now what the limiter held back.
+		if held := q.droppedBy.Swap(0); held > 0 {
+			w.log.Warn("disconnect webhooks dropped", "reason", "shutting down", "count", held)
+		}
 		w.settings.Load().client.CloseIdleConnections()
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/url"
@@ -130,7 +131,7 @@ type Webhooks struct {
 	openTimeout time.Duration
 	openedAt    atomic.Int64 // unix nanos (w.now) of the last trip
 
-	latency     [numHookKinds][numStatusClasses]*metrics.Histogram
+	latency     *latencyHistogram
 	unavailable [numHookKinds][numUnavailableReasons]*metrics.Counter
 
 	disc disconnects
@@ -294,12 +295,10 @@ func (w *Webhooks) newBreaker(b config.Breaker) *gobreaker.TwoStepCircuitBreaker
 }
 
 func (w *Webhooks) registerMetrics(set *metrics.Set) {
+	w.latency = &latencyHistogram{}
+	set.RegisterMetricsWriter(w.latency.write)
 	for k := range numHookKinds {
 		kind := hookKindNames[k]
-		for c := range numStatusClasses {
-			w.latency[k][c] = set.GetOrCreateHistogram(
-				`wsidecar_webhook_duration_seconds{kind="` + kind + `",status="` + statusClassNames[c] + `"}`)
-		}
 		w.unavailable[k][unavailableReasonOpen] = set.GetOrCreateCounter(
 			`wsidecar_webhook_unavailable_total{kind="` + kind + `",reason="breaker_open"}`)
 		w.unavailable[k][unavailableReasonBusy] = set.GetOrCreateCounter(
@@ -458,7 +457,7 @@ func (w *Webhooks) do(ctx context.Context, kind hookKind, ci *ConnInfo, hook str
 	elapsed := time.Since(start).Seconds()
 	if err != nil {
 		fasthttp.ReleaseResponse(resp)
-		w.latency[kind][statusClassError].Update(elapsed)
+		w.latency.observe(kind, statusClassError, elapsed)
 		if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 			// The backend answered; an oversized reply is its bug, not an
 			// outage, so the breaker stays out of it.
@@ -469,7 +468,7 @@ func (w *Webhooks) do(ctx context.Context, kind hookKind, ci *ConnInfo, hook str
 		return nil, fmt.Errorf("%s webhook: %w: %w", kind, ErrBackendUnavailable, err)
 	}
 	status := resp.StatusCode()
-	w.latency[kind][statusClass(status)].Update(elapsed)
+	w.latency.observe(kind, statusClass(status), elapsed)
 	if status >= 500 {
 		done(errCounted)
 	} else {
@@ -598,4 +597,74 @@ func (w *Webhooks) buildRequest(req *fasthttp.Request, s *webhookSettings, kind 
 		var sig [80]byte
 		h.SetBytesV("X-WS-Signature", s.signer.appendSign(sig[:0], ts, ci.ID, body))
 	}
+}
+
+// latencyBuckets are the upper bounds (seconds) of the webhook latency
+// histogram: a loopback backend answers in well under a millisecond, a
+// struggling one hits the timeout (10s by default).
+var latencyBuckets = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// latencyHistogram is wsidecar_webhook_duration_seconds{kind,status}, a
+// Prometheus classic histogram with cumulative `le` buckets. The
+// VictoriaMetrics Histogram is not used on purpose: its `vmrange` buckets
+// do not work with Prometheus' histogram_quantile, and it writes each
+// series' _bucket, _sum and _count lines together, which splits the
+// untyped _bucket family across the exposition.
+type latencyHistogram struct {
+	series [numHookKinds][numStatusClasses]latencySeries
+}
+
+// latencySeries is one kind/status pair. Its lock is held for a few adds, so
+// a scrape sees buckets, sum and count from the same instant.
+type latencySeries struct {
+	mu     sync.Mutex
+	counts [len(latencyBuckets)]uint64 // per bucket, not cumulative
+	n      uint64
+	sum    float64
+}
+
+func (h *latencyHistogram) observe(kind hookKind, class int, secs float64) {
+	s := &h.series[kind][class]
+	i := 0
+	for i < len(latencyBuckets) && secs > latencyBuckets[i] {
+		i++
+	}
+	s.mu.Lock()
+	if i < len(latencyBuckets) {
+		s.counts[i]++
+	}
+	s.n++
+	s.sum += secs
+	s.mu.Unlock()
+}
+
+// write appends the histogram in the Prometheus text format; series that
+// saw no call are left out.
+func (h *latencyHistogram) write(w io.Writer) {
+	var b []byte
+	for k := range numHookKinds {
+		for c := range numStatusClasses {
+			s := &h.series[k][c]
+			s.mu.Lock()
+			counts, n, sum := s.counts, s.n, s.sum
+			s.mu.Unlock()
+			if n == 0 {
+				continue
+			}
+			if b == nil {
+				b = append(b, "# HELP wsidecar_webhook_duration_seconds Backend webhook latency by kind and status class.\n"+
+					"# TYPE wsidecar_webhook_duration_seconds histogram\n"...)
+			}
+			labels := `kind="` + hookKindNames[k] + `",status="` + statusClassNames[c] + `"`
+			var cum uint64
+			for i, le := range latencyBuckets {
+				cum += counts[i]
+				b = fmt.Appendf(b, "wsidecar_webhook_duration_seconds_bucket{%s,le=\"%s\"} %d\n", labels, strconv.FormatFloat(le, 'g', -1, 64), cum)
+			}
+			b = fmt.Appendf(b, "wsidecar_webhook_duration_seconds_bucket{%s,le=\"+Inf\"} %d\n", labels, n)
+			b = fmt.Appendf(b, "wsidecar_webhook_duration_seconds_sum{%s} %s\n", labels, strconv.FormatFloat(sum, 'g', -1, 64))
+			b = fmt.Appendf(b, "wsidecar_webhook_duration_seconds_count{%s} %d\n", labels, n)
+		}
+	}
+	_, _ = w.Write(b)
 }
