@@ -55,6 +55,11 @@ func TestHelpAndUnknownCommand(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "validate FILE") || !strings.Contains(out, "token") {
 		t.Errorf("help: %d %s", code, out)
 	}
+	for _, flag := range []string{"-h", "--help"} {
+		if code, out, _ := runCLI(t, flag); code != 0 || !strings.Contains(out, "validate FILE") {
+			t.Errorf("%s: %d %s", flag, code, out)
+		}
+	}
 	code, _, stderr := runCLI(t, "frobnicate")
 	if code != 2 || !strings.Contains(stderr, "unknown command") {
 		t.Errorf("unknown command: %d %s", code, stderr)

@@ -41,6 +41,10 @@ func main() {
 // dispatch runs one subcommand and returns the process exit code. Tests call
 // it directly with their own signal channel.
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, sigs <-chan os.Signal) int {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		usage(stdout)
+		return exitOK
+	}
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
@@ -96,6 +100,12 @@ drain flags:
   -wait            wait until the drain has finished and the sidecar has
                    exited (default true)
   -timeout D       give up waiting after D (default 60s); exit 1
+
+Examples:
+  wsidecar validate sidecar.hcl
+  wsidecar -config /etc/wsidecar/sidecar.hcl
+  TOKEN=$(wsidecar token -sub alice -claim role=admin -ttl 15m)
+  wsidecar drain -admin http://127.0.0.1:9090
 
 Signals while running:
   SIGTERM, SIGINT  graceful drain (readiness fails, sockets closed with 1001 over

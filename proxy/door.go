@@ -7,8 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"slices"
 	"strings"
+	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -82,21 +82,22 @@ func (s *Server) rejected(ctx *fasthttp.RequestCtx, ip netip.Addr, r *Rejection)
 		"message", r.Message, "log_suppressed_total", s.logGate.Suppressed())
 }
 
-// redactQuery returns a handshake's query string fit for a log line.
+// redactQuery returns a handshake's query string fit for a log line: the
+// parameter names stay (they say what the client tried), every value is
+// replaced. Tokens hide under many names (?access_token=, ?ticket=, ?sig=),
+// so no value is trusted to be harmless.
 func (s *Server) redactQuery(q []byte) string {
 	if len(q) == 0 {
 		return ""
 	}
-	names := defaultTokenParams
-	if f := s.opts.Door.TokenParams; f != nil {
-		names = slices.Concat(f(), defaultTokenParams)
+	var args fasthttp.Args
+	args.ParseBytes(q)
+	names := make([]string, 0, args.Len())
+	for k := range args.All() {
+		names = append(names, string(k))
 	}
 	return auth.RedactQuery(string(q), names)
 }
-
-// defaultTokenParams are always redacted from logged query strings: a
-// client may send a token where the default config would look for it.
-var defaultTokenParams = auth.QueryNames(auth.DefaultSources)
 
 // admit runs the handshake pipeline up to (not including) the upgrade, in
 // the documented order.
@@ -332,8 +333,13 @@ func (s *Server) connect(p *pendingUpgrade) *Rejection {
 	cancel()
 	switch {
 	case errors.Is(err, bridge.ErrBackendUnavailable):
+		retry := s.retryAfter
+		if b, ok := s.backend.(interface{ RetryAfter() time.Duration }); ok {
+			// The breaker knows when it will let a probe through.
+			retry = b.RetryAfter()
+		}
 		return &Rejection{Status: fasthttp.StatusServiceUnavailable, Reason: "backend_unavailable",
-			Message: "backend unavailable, try again later", RetryAfter: s.retryAfter}
+			Message: "backend unavailable, try again later", RetryAfter: retry}
 	case err != nil || res == nil:
 		s.log.Warn("connect webhook failed", "route", p.rt.cfg.Path, "err", err)
 		return &Rejection{Status: fasthttp.StatusBadGateway, Reason: "backend_error", Message: "backend error"}

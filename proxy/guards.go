@@ -71,11 +71,10 @@ type GateOptions struct {
 // gateState is one compiled GatePolicy; immutable except for the lazily
 // filled route cache.
 type gateState struct {
-	global      *auth.OriginPolicy
-	routes      sync.Map // *config.Origins → *auth.OriginPolicy
-	resolver    *limits.Resolver
-	verifier    *auth.Verifier
-	tokenParams []string // query parameters the verifier reads tokens from
+	global   *auth.OriginPolicy
+	routes   sync.Map // *config.Origins → *auth.OriginPolicy
+	resolver *limits.Resolver
+	verifier *auth.Verifier
 }
 
 // NewGate compiles p. It fails, naming the bad entry, when an Origin
@@ -121,9 +120,6 @@ func compileGate(p GatePolicy) (*gateState, error) {
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
-	}
-	if p.Verifier != nil {
-		st.tokenParams = auth.QueryNames(p.Verifier.Sources())
 	}
 	return st, nil
 }
@@ -189,7 +185,6 @@ func AdmitsNobody(p GatePolicy) []string {
 func (g *Gate) Door() Door {
 	return Door{
 		Limits:        g.adm,
-		TokenParams:   g.tokenParams,
 		GlobalCap:     GuardFunc(g.globalCap),
 		ClientIP:      GuardFunc(g.clientIP),
 		HandshakeRate: GuardFunc(g.handshakeRate),
@@ -199,8 +194,6 @@ func (g *Gate) Door() Door {
 		UserCap:       GuardFunc(g.userCap),
 	}
 }
-
-func (g *Gate) tokenParams() []string { return g.state.Load().tokenParams }
 
 // capRejection answers a refusal the limits.Door made (and counted).
 func capRejection(r limits.Reason, retry time.Duration, msg string) *Rejection {

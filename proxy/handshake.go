@@ -150,12 +150,6 @@ type Door struct {
 	// builds a private one from Options.Limits and updates it in
 	// UpdateLimits.
 	Limits *limits.Door
-	// TokenParams returns the query parameters that may carry credentials;
-	// refusal log lines replace their values (auth.RedactQuery). It is
-	// called for each logged refusal, so it may follow reloads. The names
-	// of auth.DefaultSources ("access_token") are always redacted.
-	// nil: only those.
-	TokenParams func() []string
 	// GlobalCap caps connections process-wide. nil: the server's own cap,
 	// Limits.AcquireGlobal (Options.Limits.MaxConnections open-or-upgrading
 	// sockets, 0 = no cap), 503 + Retry-After.
