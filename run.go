@@ -231,7 +231,7 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *
 		Logger:  logger,
 		MaxBody: adminMaxBody,
 	})
-	a.admin = &fasthttp.Server{Handler: adminAPI.Handler, Name: "wsidecar", ReadTimeout: 30 * time.Second,
+	a.admin = &fasthttp.Server{Handler: withProfiling(adminAPI.Handler), Name: "wsidecar", ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute,
 		MaxRequestBodySize: adminMaxBody + 4096, NoDefaultServerHeader: true,
 		// Probes and scrapers keep connections alive; at shutdown they are
