@@ -2,12 +2,10 @@ package bridge
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"strconv"
 	"strings"
 	"unicode"
@@ -72,7 +70,7 @@ func (a *Admin) pushJSON(ctx *fasthttp.RequestCtx) {
 	case req.Text != nil:
 		m.Data = []byte(*req.Text)
 	case req.Binary != nil:
-		b, err := decodePushBinary(*req.Binary)
+		b, err := decodeBase64(*req.Binary)
 		if err != nil {
 			writeError(ctx, fasthttp.StatusBadRequest, "invalid_message", "binary is not valid base64: "+err.Error())
 			return
@@ -404,32 +402,10 @@ func validName(what, s string) error {
 	return nil
 }
 
-// isTextContentType reports whether a raw push body is a text message: text/* or
-// JSON (application/json, application/*+json); everything else is binary.
+// isTextContentType reports whether a raw push body is a text message: the
+// same rule as backend replies (text/*, JSON); everything else is binary.
 func isTextContentType(ct []byte) bool {
-	if len(ct) == 0 {
-		return false
-	}
-	mt, _, err := mime.ParseMediaType(string(ct))
-	if err != nil {
-		return false
-	}
-	return strings.HasPrefix(mt, "text/") || mt == "application/json" ||
-		(strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
-}
-
-// decodePushBinary accepts standard and URL-safe base64, padded or not,
-// as actions documents do: backends in different languages default to
-// different alphabets.
-func decodePushBinary(s string) ([]byte, error) {
-	enc := base64.StdEncoding
-	if strings.ContainsAny(s, "-_") {
-		enc = base64.URLEncoding
-	}
-	if !strings.HasSuffix(s, "=") && len(s)%4 != 0 {
-		enc = enc.WithPadding(base64.NoPadding)
-	}
-	return enc.DecodeString(s)
+	return isTextReplyType(replyMediaType(ct))
 }
 
 // targetKind names a target for the push metrics.
