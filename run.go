@@ -127,10 +127,10 @@ type app struct {
 	ctx         context.Context // parent of background work; cancelled last
 	cancel      context.CancelFunc
 
-	// The SSE consumer is replaced as a whole when a reload moves the
-	// backend to another URL (Streams has a fixed base URL).
+	// streams is the SSE consumer, for the life of the process: the proxy
+	// reports every socket to it (per-connection streams), and a reload
+	// moves it to a new backend URL in place.
 	streams     *bridge.Streams
-	streamsURL  string
 	streamsStop context.CancelFunc
 	streamsDone chan struct{}
 
@@ -185,6 +185,11 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *
 		return nil, err
 	}
 	undo = append(undo, a.door.close)
+	// The streams exist before the proxy, which reports sockets to them;
+	// they run once everything is built (a socket reported before Run gets
+	// its streams when Run starts).
+	a.streams = bridge.NewStreams(cfg.Backend.URL, cfg.Streams, a.broker, bridge.StreamOptions{
+		Logger: logger, Metrics: a.metrics, SigningSecret: cfg.Backend.SigningSecret})
 	a.server, err = proxy.NewServer(proxy.Options{
 		Door:           a.door.guards(),
 		TLSConfig:      a.door.tlsConfig(),
@@ -200,6 +205,7 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *
 		ForwardHeaders: cfg.Backend.ForwardHeaders,
 		NodeID:         nodeID(cfg),
 		CallTimeout:    a.callTimeout,
+		ConnObserver:   a.streams,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -238,7 +244,7 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *
 		// told to close so Shutdown does not wait on them.
 		CloseOnShutdown: true}
 
-	a.startStreams(cfg.Backend.URL, cfg.Streams)
+	a.runStreams()
 	a.lastReloadOK.Store(true)
 	a.lastReloadAt.Store(time.Now().Unix())
 
@@ -272,23 +278,23 @@ func promLabel(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
 }
 
-// startStreams runs an SSE consumer for streams on the backend at url.
-func (a *app) startStreams(url string, streams []config.Stream) {
+// The proxy tells the SSE consumer about every socket (per-connection streams).
+var _ proxy.ConnObserver = (*bridge.Streams)(nil)
+
+// runStreams runs the SSE consumer until stopStreams.
+func (a *app) runStreams() {
 	ctx, stop := context.WithCancel(a.ctx)
-	s := bridge.NewStreams(url, streams, a.broker, bridge.StreamOptions{Logger: a.logger, Metrics: a.metrics})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.Run(ctx)
+		a.streams.Run(ctx)
 	}()
-	a.streams, a.streamsURL, a.streamsStop, a.streamsDone = s, url, stop, done
+	a.streamsStop, a.streamsDone = stop, done
 }
 
-// stopStreams stops the SSE consumer and waits for it. Update(nil) first
-// removes the per-stream state gauges, so a replacement consumer registers
-// fresh ones instead of inheriting callbacks that read the old one.
+// stopStreams stops the SSE consumer, per-connection streams included, and
+// waits for it.
 func (a *app) stopStreams() {
-	a.streams.Update(nil)
 	a.streamsStop()
 	<-a.streamsDone
 }
@@ -447,12 +453,10 @@ func (a *app) reload() {
 	}
 	// Nothing below can fail.
 	a.server.UpdateLimits(cfg.Limits)
-	if cfg.Backend.URL != a.streamsURL {
-		a.stopStreams()
-		a.startStreams(cfg.Backend.URL, cfg.Streams)
-	} else {
-		a.streams.Update(cfg.Streams)
-	}
+	// Backend first, so that streams the update starts go to the new URL;
+	// the ones already open reconnect there, keeping their Last-Event-ID.
+	a.streams.SetBackend(cfg.Backend.URL, cfg.Backend.SigningSecret)
+	a.streams.Update(cfg.Streams)
 	fixed := restartNeeded(old, cfg)
 	if cfg.Backend.Timeout > a.callTimeout {
 		fixed = append(fixed, fmt.Sprintf("backend.timeout above its value at start (%s)", a.callTimeout))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 )
 
@@ -426,6 +427,7 @@ func (c *converter) streams(raws []*rawStream) []Stream {
 					wantIs: `a string, like "/users/${claims.sub}/events"`,
 				})
 				s.Path = s.PathTemplate.Source()
+				c.perConnStream(r)
 			} else {
 				s.Path = c.backendPath(r.Path)
 			}
@@ -433,6 +435,39 @@ func (c *converter) streams(raws []*rawStream) []Stream {
 		streams = append(streams, s)
 	}
 	return streams
+}
+
+// perConnStream refuses on a per-connection stream what only a shared
+// stream can use: its events go straight to its own socket, so a channel,
+// prefix or scope would be silently ignored. Its path must start with "/"
+// like a fixed one; the values interpolated into it are percent-encoded at
+// run time, so that "/" must be literal.
+func (c *converter) perConnStream(r *rawStream) {
+	for _, a := range []*hcl.Attribute{r.Channel, r.Prefix, r.Scope} {
+		if a != nil {
+			c.errAt(a, "Not for a per-connection stream", fmt.Sprintf(
+				"%s does not apply to stream %q: its path uses the connection's identity, so each socket gets its own stream and its events go only to that socket, never to a channel. Remove %s, or use a fixed path.",
+				a.Name, r.Name, a.Name))
+		}
+	}
+	// Other expressions (a function call, a conditional) are left to the
+	// run-time check, which gives such a socket no stream.
+	var start string
+	switch e := r.Path.Expr.(type) {
+	case *hclsyntax.TemplateWrapExpr: // "${claims.path}": no literal start
+	case *hclsyntax.TemplateExpr:
+		if len(e.Parts) > 0 {
+			if lit, ok := e.Parts[0].(*hclsyntax.LiteralValueExpr); ok && lit.Val.Type() == cty.String && lit.Val.IsKnown() && !lit.Val.IsNull() {
+				start = lit.Val.AsString()
+			}
+		}
+	default:
+		return
+	}
+	if !strings.HasPrefix(start, "/") || strings.HasPrefix(start, "//") {
+		c.errAt(r.Path, "Invalid backend path", fmt.Sprintf(
+			"path of stream %q must start with a literal \"/\", like \"/users/${claims.sub}/events\": interpolated values are percent-encoded, so they cannot supply the leading \"/\".", r.Name))
+	}
 }
 
 func (c *converter) cluster(r *rawCluster) *Cluster {

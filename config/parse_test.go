@@ -120,7 +120,7 @@ func TestParseFull(t *testing.T) {
 		},
 		Streams: []Stream{
 			{Name: "news", Path: "/events/news", Channel: "news", Scope: "local", ReconnectMin: time.Second, ReconnectMax: time.Minute},
-			{Name: "inbox", Path: `"/users/${claims.sub}/events"`, Prefix: "inbox:", Scope: "cluster", ReconnectMin: 500 * time.Millisecond, ReconnectMax: 30 * time.Second},
+			{Name: "inbox", Path: `"/users/${claims.sub}/events"`, Scope: "cluster", ReconnectMin: 500 * time.Millisecond, ReconnectMax: 10 * time.Second},
 		},
 		Cluster: &Cluster{NodeID: "ws-1", Redis: Redis{URL: testEnv["REDIS_URL"], Prefix: "chat-prod"}},
 	}

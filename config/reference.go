@@ -86,7 +86,8 @@ They may call ` + "`lower`, `upper`, `lookup`, `coalesce` and `concat`" + `, e.g
 ` + "`lookup(query, \"topic\", \"general\")`" + ` for an optional parameter. Loading checks the
 variables, ` + "`path`" + ` parameters, functions and result type; what can still fail at
 run time is a claim or query parameter that a connection lacks (use ` + "`lookup`" + ` where it
-is optional).
+is optional). A stream's ` + "`path`" + ` has no ` + "`path`" + ` variable (a stream belongs to no
+route), and its interpolated values are percent-encoded.
 
 ## Files
 
@@ -260,11 +261,11 @@ var reference = []refBlock{
 		{Name: "channels", Type: "expression", Doc: "Channels a connection joins at connect: a list of strings evaluated per connection (see Per-connection expressions).", Example: `["user:${claims.sub}", "room:${path.room}"]`},
 	}},
 	{Path: "route.origins", Header: "origins", Doc: "Replaces the top-level `origins` for this route.", Attrs: originAttrs},
-	{Path: "stream", Header: `stream "NAME"`, Doc: "A server-sent event stream consumed from the backend and published to channels; repeatable. NAME is letters, digits, `-`, `_`, `.`.", Attrs: []refAttr{
-		{Name: "path", Type: tString, Required: true, Doc: "Backend path of the SSE endpoint. When it uses `claims`, `query` or `header` (`\"/users/${claims.sub}/events\"`), each connection gets its own stream.", Example: `"/events"`},
-		{Name: "channel", Type: tString, Doc: "Publish every event to this channel. Unset: the event's `event` field, or `message`.", Example: `"news"`},
-		{Name: "prefix", Type: tString, Doc: "Prepended to the channel name.", Example: `"feed:"`},
-		{Name: "scope", Type: "cluster or local", Default: `"cluster"`, Doc: "`cluster` publishes to every replica; `local` only to this one.", Example: `"local"`},
+	{Path: "stream", Header: `stream "NAME"`, Doc: "A server-sent event stream consumed from the backend and published to channels, or, with a per-connection `path`, sent to each socket; repeatable. Every GET carries `Accept: text/event-stream`, `Last-Event-ID` when resuming, and `X-WS-Timestamp`/`X-WS-Signature` (over an empty body and the connection id, empty for a shared stream) when `backend.signing_secret` is set. NAME is letters, digits, `-`, `_`, `.`.", Attrs: []refAttr{
+		{Name: "path", Type: tString, Required: true, Doc: "Backend path of the SSE endpoint. When it uses `claims`, `query` or `header` (`\"/users/${claims.sub}/events\"`), it is a per-connection stream: every socket (on any route) whose values are all present gets its own GET, with the connection's `X-WS-*` identity headers, and that stream's events go as text frames to that socket only; it closes with the socket. Interpolated values are percent-encoded, so each stays one path segment or query value. A socket gets no stream when it lacks a value (no token, no such query parameter) or when its path, decoded, would hold a `.`, `..` or empty segment; a `204` answer ends the stream for that socket. Use `claims` for anything private: `query` and `header` are whatever the client sends.", Example: `"/events"`},
+		{Name: "channel", Type: tString, Doc: "Publish every event to this channel. Unset: the event's `event` field, or `message`. Not for per-connection streams.", Example: `"news"`},
+		{Name: "prefix", Type: tString, Doc: "Prepended to the channel name. Not for per-connection streams.", Example: `"feed:"`},
+		{Name: "scope", Type: "cluster or local", Default: `"cluster"`, Doc: "`cluster` publishes to every replica; `local` only to this one. Not for per-connection streams (their events stay on the socket's replica).", Example: `"local"`},
 		{Name: "reconnect_min", Type: tDuration, Default: `"500ms"`, Doc: "First reconnect backoff.", Example: `"1s"`},
 		{Name: "reconnect_max", Type: tDuration, Default: `"30s"`, Doc: "Largest reconnect backoff; at least `reconnect_min`.", Example: `"1m"`},
 	}},

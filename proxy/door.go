@@ -392,6 +392,9 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, p *pendingUpgrade) {
 		s.hub.notify(changed)
 	}
 	c.apply(p.actions)
+	if o := s.opts.ConnObserver; o != nil {
+		o.Opened(p.ci, func() config.Scope { return scopeOf(ctx, h) })
+	}
 	if s.draining.Load() {
 		// Drain started while this handshake was in flight: the client
 		// still gets a proper close and the backend its disconnect.

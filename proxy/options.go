@@ -28,6 +28,23 @@ type Backend interface {
 	Disconnect(ci *bridge.ConnInfo, d bridge.DisconnectInfo)
 }
 
+// ConnObserver follows the life of upgraded sockets. Calls run on the
+// handshake and read goroutines, so they must return quickly (no network
+// I/O). bridge.Streams satisfies it.
+type ConnObserver interface {
+	// Opened is called once per socket, once it joined the hub (pushes to
+	// its id are queued from then on) and before its 101 is written. ci is
+	// the socket's ConnInfo at that moment; it is never modified
+	// afterwards. scope returns what route expressions see for this
+	// handshake (claims, path, query, header); it builds the maps on each
+	// call and may be called only during Opened, as it reads the request.
+	Opened(ci *bridge.ConnInfo, scope func() config.Scope)
+	// Closed is called exactly once for every socket Opened saw, after
+	// its read loop ended (a client close, a server close, Drain, Close)
+	// or when its upgrade never completed.
+	Closed(id string)
+}
+
 // Options configures a Server. Config structs are taken as validated by the
 // config package; zero values fall back to the documented defaults.
 type Options struct {
@@ -60,6 +77,10 @@ type Options struct {
 	// OnReject, when set, is called with the reason of every refused
 	// handshake (in addition to wsidecar_handshake_rejections_total).
 	OnReject func(reason string)
+	// ConnObserver, when set, is told when each upgraded socket opens and
+	// closes (the SSE bridge opens per-connection streams with it). nil:
+	// none, and no handshake Scope is built for it.
+	ConnObserver ConnObserver
 
 	// CallTimeout bounds each Connect and Message call. Default 10s.
 	CallTimeout time.Duration

@@ -263,6 +263,9 @@ func (c *conn) teardown(cause error) {
 
 	info := c.disconnectInfo(cause)
 	c.srv.hub.remove(c)
+	if o := c.srv.opts.ConnObserver; o != nil {
+		o.Closed(c.id)
+	}
 	runReleases(c.releases)
 	c.route.open.Dec()
 	c.srv.connLog(c).Debug("connection closed", "code", info.Code, "reason", info.Reason, "clean", info.Clean, "duration_ms", info.DurationMS)

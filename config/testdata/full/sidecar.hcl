@@ -136,8 +136,8 @@ stream "news" {
 }
 
 stream "inbox" {
-  path   = "/users/${claims.sub}/events"
-  prefix = "inbox:"
+  path          = "/users/${claims.sub}/events"
+  reconnect_max = "10s"
 }
 
 cluster {
