@@ -37,6 +37,7 @@ type conn struct {
 	lastPing    atomic.Int64                    // monotonic ns of the last ping queued
 	expires     atomic.Int64                    // wall unix ns when the token expires; 0 never
 	calls       atomic.Int32                    // message webhooks in flight
+	wdl         int64                           // write deadline last set (unix ns); writer only
 	closingFlag atomic.Bool                     // mirrors closing for the read loop's cheap check
 
 	mu         sync.Mutex    // guards the send queue, close state, ws/nc attachment
@@ -94,6 +95,10 @@ type ring struct {
 	buf  []outFrame
 	head int
 	n    int
+	// wbuf is the writer's batch buffer (frames encoded back to back for
+	// one write), kept with the ring so that only sockets with frames
+	// queued hold one.
+	wbuf []byte
 }
 
 func newRing() any { return &ring{buf: make([]outFrame, 8)} }
@@ -209,7 +214,7 @@ func (c *conn) reply(m bridge.Message) {
 	start := c.pushLocked(f)
 	c.mu.Unlock()
 	if start {
-		go c.runWriter()
+		c.writeInline()
 	}
 }
 
@@ -242,6 +247,9 @@ func (c *conn) releaseQueueLocked() {
 		return
 	}
 	c.q.clear()
+	if cap(c.q.wbuf) > maxBatch+maxFrameHeader {
+		c.q.wbuf = nil
+	}
 	if len(c.q.buf) <= maxPooledRing {
 		c.srv.rings.Put(c.q)
 	}
@@ -260,35 +268,126 @@ func (c *conn) overflow() {
 }
 
 // writeLoop drains the queue and exits when it is empty, so an idle socket
-// has no writer goroutine.
+// has no writer goroutine. On an uncompressed socket it takes every small
+// frame queued (up to maxBatch bytes) under one lock, encodes them back to
+// back and sends them with one write(2): a socket that fell behind catches
+// up in a few syscalls instead of one per frame. The write deadline is set
+// per batch, not per frame, and metrics are added per batch.
 func (c *conn) writeLoop() {
 	defer c.bg.Done()
-	for {
-		c.mu.Lock()
-		if c.werr || c.q == nil || c.q.n == 0 {
-			c.writing = false
-			c.releaseQueueLocked()
-			c.mu.Unlock()
+	for c.writeStep() {
+	}
+}
+
+// writeStep writes one batch (or one frame) from the queue as the socket's
+// writer. When the queue is empty it gives up the writer role and reports
+// false.
+func (c *conn) writeStep() bool {
+	c.mu.Lock()
+	if c.werr || c.q == nil || c.q.n == 0 {
+		c.writing = false
+		c.releaseQueueLocked()
+		c.mu.Unlock()
+		return false
+	}
+	timeout := c.srv.writeTimeout()
+	if c.closed || c.closing {
+		timeout = min(timeout, c.srv.closeTimeout())
+	}
+	var frames, bytes int
+	var buf []byte
+	var f outFrame
+	if c.ws != nil && !c.srv.compression {
+		// Encode under c.mu: the ring and its scratch buffer belong
+		// to this writer until it releases the queue, and copying a
+		// few KiB costs less than a lock round trip per frame.
+		q := c.q
+		buf = q.wbuf[:0]
+		for q.n > 0 {
+			h := &q.buf[q.head]
+			if !batchable(h) || len(buf)+len(h.data)+maxFrameHeader > maxBatch {
+				break
+			}
+			buf = appendFrame(buf, h.typ, h.data)
+			if h.typ == websocket.TextMessage || h.typ == websocket.BinaryMessage {
+				frames++
+				bytes += int(h.size)
+			}
+			q.pop()
+		}
+		q.wbuf = buf
+	}
+	if len(buf) == 0 {
+		f = c.q.pop()
+	}
+	c.wakeLocked()
+	c.mu.Unlock()
+	var err error
+	if len(buf) > 0 {
+		err = c.writeBatch(buf, timeout)
+		if err == nil && frames > 0 {
+			c.srv.m.framesOut.Add(frames)
+			c.srv.m.bytesOut.Add(bytes)
+		}
+	} else {
+		err = c.writeFrame(&f, timeout)
+	}
+	if err != nil {
+		c.writeFailed(err)
+	}
+	return true
+}
+
+// maxInlineSteps bounds the batches a producer writes itself (writeInline)
+// before it hands the rest to a writer goroutine.
+const maxInlineSteps = 2
+
+// writeInline is for a producer that may block on the socket (its own read
+// loop or pipeline answering its messages): it writes what it just queued
+// on its own goroutine instead of starting a writer, which saves a
+// goroutine start, exit and wake-up per webhook round trip. The socket's
+// writer role was taken by pushLocked; pushes that keep arriving meanwhile
+// are left to a writer goroutine after maxInlineSteps batches, so the read
+// loop does not turn into the socket's writer.
+func (c *conn) writeInline() {
+	for range maxInlineSteps {
+		if !c.writeStep() {
+			c.bg.Done()
 			return
 		}
-		f := c.q.pop()
-		c.wakeLocked()
-		timeout := c.srv.writeTimeout()
-		if c.closed || c.closing {
-			timeout = min(timeout, c.srv.closeTimeout())
-		}
-		c.mu.Unlock()
-		if err := c.writeFrame(&f, timeout); err != nil {
-			c.writeFailed(err)
-		}
 	}
+	go c.runWriter()
+}
+
+// armWrite sets the connection's write deadline to now+timeout unless the
+// one already set is at least half a timeout away and not later than that:
+// setting a deadline costs a runtime timer update, and a writer draining a
+// burst would otherwise pay it per batch. Called by the writer only.
+func (c *conn) armWrite(timeout time.Duration) time.Time {
+	now := time.Now()
+	dl := now.Add(timeout).UnixNano()
+	if c.wdl == 0 || c.wdl-now.UnixNano() < int64(timeout)/2 || c.wdl > dl {
+		c.wdl = dl
+		_ = c.nc.SetWriteDeadline(time.Unix(0, dl))
+	}
+	return time.Unix(0, c.wdl)
+}
+
+// writeBatch writes encoded frames straight to the connection. A write is
+// one call on the net.Conn, so it never interleaves with a control frame
+// the library writes from the read goroutine (a protocol-error close).
+func (c *conn) writeBatch(b []byte, timeout time.Duration) error {
+	c.armWrite(timeout)
+	_, err := c.nc.Write(b)
+	return err
 }
 
 func (c *conn) writeFrame(f *outFrame, timeout time.Duration) error {
 	if c.ws == nil {
 		return nil
 	}
-	_ = c.ws.SetWriteDeadline(time.Now().Add(timeout))
+	// The library sets the connection's deadline from this on each write.
+	_ = c.ws.SetWriteDeadline(c.armWrite(timeout))
 	var err error
 	if f.pm != nil {
 		err = c.ws.WritePreparedMessage(f.pm)
@@ -507,6 +606,9 @@ func (c *conn) unstarted(reason string) {
 	c.releaseQueueLocked()
 	c.mu.Unlock()
 	c.srv.hub.remove(c)
+	if o := c.srv.opts.ConnObserver; o != nil {
+		o.Closed(c.id)
+	}
 	runReleases(c.releases)
 	c.route.open.Dec()
 	if c.connected && c.route.cfg.OnDisconnect != "" && c.srv.backend != nil {

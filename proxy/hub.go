@@ -481,12 +481,14 @@ func (h *Hub) Deliver(t *bridge.Target, m bridge.Message) bridge.Counts {
 			typ = websocket.BinaryMessage
 		}
 		f := outFrame{typ: typ, data: m.Data, size: int32(len(m.Data))}
-		if len(list) > 1 {
-			// One encoding shared by every socket; a single socket gets the
-			// raw bytes, which its writer frames without an extra copy.
+		if len(list) > 1 && anyCompressed(list) {
+			// One compressed encoding shared by every socket that
+			// negotiated permessage-deflate. Uncompressed sockets frame
+			// the shared raw bytes themselves (a header of 2-10 bytes,
+			// written together with the payload: conn.writeLoop).
 			pm, err := websocket.NewPreparedMessage(int(typ), m.Data)
 			if err == nil {
-				f.pm, f.data = pm, nil
+				f.pm = pm
 			}
 		}
 		for _, c := range list {
@@ -502,6 +504,17 @@ func (h *Hub) Deliver(t *bridge.Target, m bridge.Message) bridge.Counts {
 	*lp = list[:0]
 	h.lists.Put(lp)
 	return counts
+}
+
+// anyCompressed reports whether a socket in list belongs to a server with
+// permessage-deflate on; only those write through a PreparedMessage.
+func anyCompressed(list []*conn) bool {
+	for _, c := range list {
+		if c.srv != nil && c.srv.compression {
+			return true
+		}
+	}
+	return false
 }
 
 // Lookup returns one connection's state.
