@@ -30,43 +30,8 @@ func BenchmarkFanoutWindow(b *testing.B) {
 }
 
 func benchFanoutWindow(b *testing.B, n, size, window int) {
-	s, err := NewServer(Options{Routes: []config.Route{{Path: "/ws", Auth: "none"}}, NodeID: "bench", Metrics: metrics.NewSet(),
-		Limits: config.Limits{SendQueue: 256, SlowConsumer: "drop"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	defer s.Close()
-	req := []byte("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	s, conns := rawBenchSockets(b, n, config.Limits{SendQueue: 256, SlowConsumer: "drop"})
 	frame := 2 + size // 100 bytes fit the 7-bit length
-	conns := make([]net.Conn, 0, n)
-	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = c.Write(req)
-		br := bufio.NewReader(c)
-		for {
-			line, err := br.ReadSlice('\n')
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(line) <= 2 {
-				break
-			}
-		}
-		conns = append(conns, c)
-	}
-	for s.Hub().Count() != n {
-		time.Sleep(time.Millisecond)
-	}
 
 	var got, target atomic.Int64 // frames received by all sockets; the pusher's wake-up mark
 	wake := make(chan struct{}, 1)
@@ -126,4 +91,48 @@ func processCPU() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// rawBenchSockets starts a server with one anonymous route "/ws" and the
+// given limits, opens n raw TCP WebSockets to it (handshake written by
+// hand, frames read as bytes by the caller) and waits until the hub holds
+// them all. Everything is closed when the benchmark ends.
+func rawBenchSockets(b *testing.B, n int, lim config.Limits) (*Server, []net.Conn) {
+	b.Helper()
+	s, err := NewServer(Options{Routes: []config.Route{{Path: "/ws", Auth: "none"}}, NodeID: "bench", Metrics: metrics.NewSet(), Limits: lim})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	b.Cleanup(func() { _ = s.Close() })
+	req := []byte("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	conns := make([]net.Conn, 0, n)
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = c.Close() })
+		_, _ = c.Write(req)
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadSlice('\n')
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(line) <= 2 {
+				break
+			}
+		}
+		conns = append(conns, c)
+	}
+	for s.Hub().Count() != n {
+		time.Sleep(time.Millisecond)
+	}
+	return s, conns
 }

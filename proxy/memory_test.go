@@ -103,44 +103,8 @@ func measureIdle(b *testing.B, n int, inline bool) float64 {
 // clients read and count raw frame bytes. Reported per delivered message.
 func BenchmarkBroadcastLoopback(b *testing.B) {
 	const n, size = 1000, 64
-	s, err := NewServer(Options{Routes: []config.Route{{Path: "/ws", Auth: "none"}}, NodeID: "bench", Metrics: metrics.NewSet(),
-		Limits: config.Limits{SendQueue: 1024, SlowConsumer: "drop"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	defer s.Close()
-	addr := ln.Addr().String()
-	req := []byte("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	s, conns := rawBenchSockets(b, n, config.Limits{SendQueue: 1024, SlowConsumer: "drop"})
 	frame := 2 + size // server frames are unmasked; 64 bytes fit the 7-bit length
-	var conns []net.Conn
-	for i := 0; i < n; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		_, _ = c.Write(req)
-		br := bufio.NewReader(c)
-		for {
-			line, err := br.ReadSlice('\n')
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(line) <= 2 {
-				break
-			}
-		}
-		conns = append(conns, c)
-	}
-	for s.Hub().Count() != n {
-		time.Sleep(time.Millisecond)
-	}
 	msg := make([]byte, size)
 	b.ResetTimer()
 	done := make(chan error, n)
