@@ -375,19 +375,19 @@ func (h *Hub) get(id string) *conn {
 }
 
 func (h *Hub) appendUser(dst []*conn, user string) []*conn {
-	s := h.shard(user)
-	s.mu.RLock()
-	for c := range s.users[user] {
-		dst = append(dst, c)
-	}
-	s.mu.RUnlock()
-	return dst
+	return h.appendIndexed(dst, user, func(s *hubShard) map[string]map[*conn]struct{} { return s.users })
 }
 
 func (h *Hub) appendChannel(dst []*conn, ch string) []*conn {
-	s := h.shard(ch)
+	return h.appendIndexed(dst, ch, func(s *hubShard) map[string]map[*conn]struct{} { return s.channels })
+}
+
+// appendIndexed appends the sockets one shard index (users or channels)
+// holds under key.
+func (h *Hub) appendIndexed(dst []*conn, key string, index func(*hubShard) map[string]map[*conn]struct{}) []*conn {
+	s := h.shard(key)
 	s.mu.RLock()
-	for c := range s.channels[ch] {
+	for c := range index(s)[key] {
 		dst = append(dst, c)
 	}
 	s.mu.RUnlock()
