@@ -112,20 +112,17 @@ func parseLevel(s string) slog.Level {
 type app struct {
 	cfg      *config.Config // the running config; a successful reload replaces it
 	drainCfg config.Drain   // fixed at start: the proxy drains with these
-	// callTimeout is backend.timeout at start: the proxy bounds each call
-	// with it, so a reload can lower the timeout but not raise it past this.
-	callTimeout time.Duration
-	logger      *slog.Logger
-	level       *slog.LevelVar // nil when the caller built the logger (tests)
-	metrics     *metrics.Set
-	door        *door
-	webhooks    *bridge.Webhooks
-	hub         *proxy.Hub
-	broker      bridge.Broker
-	server      *proxy.Server
-	admin       *fasthttp.Server
-	ctx         context.Context // parent of background work; cancelled last
-	cancel      context.CancelFunc
+	logger   *slog.Logger
+	level    *slog.LevelVar // nil when the caller built the logger (tests)
+	metrics  *metrics.Set
+	door     *door
+	webhooks *bridge.Webhooks
+	hub      *proxy.Hub
+	broker   bridge.Broker
+	server   *proxy.Server
+	admin    *fasthttp.Server
+	ctx      context.Context // parent of background work; cancelled last
+	cancel   context.CancelFunc
 
 	// streams is the SSE consumer, for the life of the process: the proxy
 	// reports every socket to it (per-connection streams), and a reload
@@ -147,7 +144,7 @@ type app struct {
 // opened is closed again, so a caller may retry in the same process.
 func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *app, err error) {
 	ctx, cancel := context.WithCancel(parent)
-	a := &app{cfg: cfg, drainCfg: cfg.Drain, callTimeout: cfg.Backend.Timeout, logger: logger, metrics: metrics.NewSet(), ctx: ctx, cancel: cancel,
+	a := &app{cfg: cfg, drainCfg: cfg.Drain, logger: logger, metrics: metrics.NewSet(), ctx: ctx, cancel: cancel,
 		drainReq: make(chan struct{}, 1), errc: make(chan error, 2)}
 	// undo holds the closers of what is open so far, run in reverse when a
 	// later step fails: a failed start leaks no listener and no goroutine.
@@ -204,7 +201,7 @@ func start(parent context.Context, cfg *config.Config, logger *slog.Logger) (_ *
 		Metrics:        a.metrics,
 		ForwardHeaders: cfg.Backend.ForwardHeaders,
 		NodeID:         nodeID(cfg),
-		CallTimeout:    a.callTimeout,
+		CallTimeout:    cfg.Backend.Timeout,
 		ConnObserver:   a.streams,
 	})
 	if err != nil {
@@ -407,7 +404,7 @@ func (a *app) stop(deadline time.Time) int {
 
 // reload re-reads the config file and applies what can change at runtime:
 // routes, limits, origins, JWT keys and TLS certificate (the door), backend
-// URL, timeout (up to its value at start), signing secret and forwarded
+// URL, timeout, signing secret and forwarded
 // headers, streams and the log level. An invalid file, or a part that
 // refuses the new config, keeps the running config: parts already switched
 // are switched back. Settings that need a restart are named in a warning
@@ -453,14 +450,12 @@ func (a *app) reload() {
 	}
 	// Nothing below can fail.
 	a.server.UpdateLimits(cfg.Limits)
+	a.server.UpdateCallTimeout(cfg.Backend.Timeout)
 	// Backend first, so that streams the update starts go to the new URL;
 	// the ones already open reconnect there, keeping their Last-Event-ID.
 	a.streams.SetBackend(cfg.Backend.URL, cfg.Backend.SigningSecret)
 	a.streams.Update(cfg.Streams)
 	fixed := restartNeeded(old, cfg)
-	if cfg.Backend.Timeout > a.callTimeout {
-		fixed = append(fixed, fmt.Sprintf("backend.timeout above its value at start (%s)", a.callTimeout))
-	}
 	if len(fixed) > 0 {
 		a.logger.Warn("config reloaded, but these settings need a restart and keep their running values",
 			"settings", strings.Join(fixed, ", "))

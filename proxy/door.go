@@ -328,7 +328,7 @@ func (s *Server) connect(p *pendingUpgrade) *Rejection {
 	if s.backend == nil {
 		return &Rejection{Status: fasthttp.StatusBadGateway, Reason: "backend_error", Message: "no backend configured"}
 	}
-	ctx, cancel := context.WithTimeout(s.base, s.callTimeout)
+	ctx, cancel := context.WithTimeout(s.base, time.Duration(s.callTimeout.Load()))
 	res, err := s.backend.Connect(ctx, p.ci)
 	cancel()
 	switch {

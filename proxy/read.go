@@ -126,7 +126,7 @@ func (c *conn) callMessage(seq uint64, m bridge.Message) (*bridge.Actions, error
 	if b == nil {
 		return nil, errNoBackend
 	}
-	ctx, cancel := context.WithTimeout(c.srv.base, c.srv.callTimeout)
+	ctx, cancel := context.WithTimeout(c.srv.base, time.Duration(c.srv.callTimeout.Load()))
 	defer cancel()
 	return b.Message(ctx, c.info.Load(), seq, m)
 }

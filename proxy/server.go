@@ -34,7 +34,7 @@ type Server struct {
 	now     func() time.Time
 	epoch   time.Time // origin of the monotonic clock used for socket timing
 
-	callTimeout time.Duration
+	callTimeout atomic.Int64 // ns; bounds each Connect and Message call (UpdateCallTimeout)
 	retryAfter  time.Duration
 	compression bool
 	forward     []string
@@ -119,7 +119,7 @@ func NewServer(opts Options) (*Server, error) {
 	}
 	s.logGate = limits.NewLogGate(orDefault(opts.RejectLogInterval, defaultRejectLogInterval), 0, nil)
 
-	s.callTimeout = orDefault(opts.CallTimeout, defaultCallTimeout)
+	s.callTimeout.Store(int64(orDefault(opts.CallTimeout, defaultCallTimeout)))
 	s.retryAfter = orDefault(opts.RetryAfter, defaultRetryAfter)
 	s.opts.WriteTimeout = orDefault(opts.WriteTimeout, defaultWriteTimeout)
 	s.opts.CloseTimeout = orDefault(opts.CloseTimeout, defaultCloseTimeout)
@@ -244,6 +244,12 @@ func (s *Server) UpdateRoutes(routes []config.Route) error {
 	}
 	s.routes.Store(rt)
 	return nil
+}
+
+// UpdateCallTimeout changes the bound on each backend call (SIGHUP);
+// calls already running keep theirs. Zero restores the default.
+func (s *Server) UpdateCallTimeout(d time.Duration) {
+	s.callTimeout.Store(int64(orDefault(d, defaultCallTimeout)))
 }
 
 // UpdateLimits swaps the limits (SIGHUP). Open sockets keep the size

@@ -477,3 +477,40 @@ func TestMessageRatePolicy(t *testing.T) {
 		})
 	}
 }
+
+// A reload can raise and lower the bound on backend calls: the deadline a
+// message webhook gets follows UpdateCallTimeout.
+func TestUpdateCallTimeout(t *testing.T) {
+	be := newFakeBackend()
+	deadlines := make(chan time.Duration, 4)
+	be.message = func(ci *bridge.ConnInfo, seq uint64, m bridge.Message) (*bridge.Actions, error) {
+		return &bridge.Actions{Frames: []bridge.Message{{Data: []byte("ok")}}}, nil
+	}
+	s := startServer(t, Options{Routes: []config.Route{openRoute("/ws")}, Backend: deadlineBackend{be, deadlines}, CallTimeout: time.Second})
+	c := wsDial(t, s.url+"/ws", nil)
+	for _, want := range []time.Duration{time.Second, 30 * time.Second, 200 * time.Millisecond} {
+		if want != time.Second {
+			s.UpdateCallTimeout(want)
+		}
+		wsWrite(t, c, cws.MessageText, "x")
+		wsRead(t, c)
+		if got := <-deadlines; got > want || got < want-time.Second/2 {
+			t.Errorf("call deadline %v away, want about %v", got, want)
+		}
+	}
+}
+
+// deadlineBackend reports how far away each message call's deadline is.
+type deadlineBackend struct {
+	*fakeBackend
+	deadlines chan time.Duration
+}
+
+func (b deadlineBackend) Message(ctx context.Context, ci *bridge.ConnInfo, seq uint64, m bridge.Message) (*bridge.Actions, error) {
+	if d, ok := ctx.Deadline(); ok {
+		b.deadlines <- time.Until(d)
+	} else {
+		b.deadlines <- 0
+	}
+	return b.fakeBackend.Message(ctx, ci, seq, m)
+}
