@@ -10,7 +10,6 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
-	"github.com/wsidecar/wsidecar/bridge"
 	"github.com/wsidecar/wsidecar/config"
 )
 
@@ -98,42 +97,10 @@ func measureIdle(b *testing.B, n int, inline bool) float64 {
 	return float64(h1+s1-h0-s0) / float64(n)
 }
 
-// BenchmarkBroadcastLoopback measures end-to-end fan-out: one Deliver
-// broadcast of a 64-byte text message to 1,000 real loopback sockets whose
-// clients read and count raw frame bytes. Reported per delivered message.
+// BenchmarkBroadcastLoopback measures end-to-end fan-out: Deliver
+// broadcasts of a 64-byte text message to 1,000 real loopback sockets, all
+// queued at once, whose clients read and count raw frame bytes. Reported
+// per delivered message.
 func BenchmarkBroadcastLoopback(b *testing.B) {
-	const n, size = 1000, 64
-	s, conns := rawBenchSockets(b, n, config.Limits{SendQueue: 1024, SlowConsumer: "drop"})
-	frame := 2 + size // server frames are unmasked; 64 bytes fit the 7-bit length
-	msg := make([]byte, size)
-	b.ResetTimer()
-	done := make(chan error, n)
-	for _, c := range conns {
-		go func(c net.Conn) {
-			buf := make([]byte, 64<<10)
-			want, got := b.N*frame, 0
-			for got < want {
-				k, err := c.Read(buf)
-				if err != nil {
-					done <- err
-					return
-				}
-				got += k
-			}
-			done <- nil
-		}(c)
-	}
-	t := &bridge.Target{Broadcast: true}
-	for i := 0; i < b.N; i++ {
-		s.Hub().Deliver(t, bridge.Message{Data: msg})
-	}
-	for range conns {
-		if err := <-done; err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	perMsg := float64(b.Elapsed().Nanoseconds()) / float64(b.N*n)
-	b.ReportMetric(perMsg, "ns/delivery")
-	b.ReportMetric(1e9/perMsg, "deliveries/s")
+	benchFanoutWindow(b, 1000, 64, 0, 1024)
 }
