@@ -514,3 +514,20 @@ func (b deadlineBackend) Message(ctx context.Context, ci *bridge.ConnInfo, seq u
 	}
 	return b.fakeBackend.Message(ctx, ci, seq, m)
 }
+
+// A text message that is not UTF-8 closes the socket with 1007 (RFC 6455
+// §8.1) and never reaches the backend.
+func TestInvalidUTF8TextCloses1007(t *testing.T) {
+	be := newFakeBackend()
+	s := startServer(t, Options{Routes: []config.Route{openRoute("/ws")}, Backend: be})
+	c := wsDial(t, s.url+"/ws", nil)
+	wsWrite(t, c, cws.MessageText, "ok")
+	wsRead(t, c)
+	wsWrite(t, c, cws.MessageText, "bad \xff\xfe")
+	if code, _ := wsReadClose(t, c, 5*time.Second); code != cws.StatusInvalidFramePayloadData {
+		t.Fatalf("close %d, want 1007", code)
+	}
+	if n := len(be.messages()); n != 1 {
+		t.Errorf("backend saw %d messages, want only the valid one", n)
+	}
+}
