@@ -73,7 +73,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -219,7 +218,7 @@ func NewRedisBroker(cfg config.Cluster, h Hub, opts RedisOptions) (*RedisBroker,
 	if h == nil {
 		return nil, errors.New("bridge: redis broker: nil hub")
 	}
-	if err := checkRedisNodeID(cfg.NodeID); err != nil {
+	if err := CheckNodeID(cfg.NodeID); err != nil {
 		return nil, fmt.Errorf("bridge: redis broker: %w", err)
 	}
 	ropt, err := redisClientOptions(cfg, opts)
@@ -377,37 +376,10 @@ func (l RedisLogger) Printf(ctx context.Context, format string, v ...any) {
 	}
 }
 
-// checkRedisNodeID applies the proxy's rules for node ids (they end up in topic
-// names and connection ids).
-func checkRedisNodeID(node string) error {
-	if node == "" || len(node) > 64 {
-		return fmt.Errorf("node id %q must be 1-64 characters", node)
-	}
-	for i := 0; i < len(node); i++ {
-		switch c := node[i]; {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
-		default:
-			return fmt.Errorf("node id %q may hold only letters, digits, '-', '_' and '.'", node)
-		}
-	}
-	return nil
-}
-
-// connNode returns the node part of a connection id: everything before the
-// last "." (the random part never holds one; node ids may). "" when the
-// id has no node part.
-func connNode(id string) string {
-	i := strings.LastIndexByte(id, '.')
-	if i <= 0 {
-		return ""
-	}
-	return id[:i]
-}
-
 // isLocal reports whether a connection id can only live on this replica
 // (its node is ours, or it names no node at all and cannot be routed).
 func (b *RedisBroker) isLocal(id string) bool {
-	n := connNode(id)
+	n := NodeOf(id)
 	return n == "" || n == b.node
 }
 
@@ -453,14 +425,14 @@ func (b *RedisBroker) publishConnections(ctx context.Context, t *Target, m Messa
 	if len(t.Connections) == 1 {
 		if id := t.Connections[0]; !b.isLocal(id) {
 			sub := Target{Connections: t.Connections, Exclude: t.Exclude}
-			b.publishDeliver(ctx, b.nodePrefix+connNode(id), &sub, m, res)
+			b.publishDeliver(ctx, b.nodePrefix+NodeOf(id), &sub, m, res)
 		}
 		return
 	}
 	groups := make(map[string][]string)
 	for _, id := range t.Connections {
 		if !b.isLocal(id) {
-			n := connNode(id)
+			n := NodeOf(id)
 			groups[n] = append(groups[n], id)
 		}
 	}
@@ -523,7 +495,7 @@ func (b *RedisBroker) change(ctx context.Context, kind byte, conn, user string, 
 		res.Changed = local(conn, "", channels)
 		return res, nil
 	case conn != "":
-		topic = b.nodePrefix + connNode(conn)
+		topic = b.nodePrefix + NodeOf(conn)
 		user = ""
 	case user != "":
 		res.Changed = local("", user, channels)

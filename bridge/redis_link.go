@@ -180,7 +180,7 @@ func (b *RedisBroker) handle(payload string, e *redisEnvelope) {
 // reply queues an answer to the requesting node without blocking the
 // reader: a full queue drops it and the requester times out.
 func (b *RedisBroker) reply(e *redisEnvelope, found bool, data []byte) {
-	if checkRedisNodeID(e.origin) != nil {
+	if CheckNodeID(e.origin) != nil {
 		b.invalid.Inc()
 		return
 	}

@@ -37,9 +37,9 @@ func (b *RedisBroker) Disconnect(ctx context.Context, id string, code int, reaso
 	w.str(id)
 	w.num(uint64(code))
 	w.str(reason)
-	n, err := b.publish(ctx, b.nodePrefix+connNode(id), w.b)
+	n, err := b.publish(ctx, b.nodePrefix+NodeOf(id), w.b)
 	if err != nil {
-		return false, fmt.Errorf("disconnect on node %q: %w", connNode(id), err)
+		return false, fmt.Errorf("disconnect on node %q: %w", NodeOf(id), err)
 	}
 	if n == 0 {
 		return false, nil
@@ -62,7 +62,7 @@ func (b *RedisBroker) Lookup(ctx context.Context, id string) (ConnState, bool, e
 		st, ok := b.hub.Lookup(id)
 		return st, ok, nil
 	}
-	node := connNode(id)
+	node := NodeOf(id)
 	req, replies := b.newRequest(1)
 	defer b.endRequest(req)
 	w := wireWriter{}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -156,4 +157,34 @@ func (e *StatusError) Error() string { return fmt.Sprintf("backend answered %d",
 func ErrorFrame(code, message string) Message {
 	b, _ := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
 	return Message{Data: b}
+}
+
+// Connection ids are "<node>.<random>": the proxy makes them, and a cluster
+// broker routes a connection-targeted push to the replica named by the node
+// part. The random part is base64url and never holds a dot, so node ids may
+// (host names).
+
+// NodeOf returns the node part of a connection id ("" when it has none).
+func NodeOf(id string) string {
+	i := strings.LastIndexByte(id, '.')
+	if i <= 0 {
+		return ""
+	}
+	return id[:i]
+}
+
+// CheckNodeID reports whether node is a valid node id: 1-64 letters,
+// digits, '-', '_' or '.', safe in headers, log lines and Redis topics.
+func CheckNodeID(node string) error {
+	if node == "" || len(node) > 64 {
+		return fmt.Errorf("node id %q must be 1-64 characters", node)
+	}
+	for i := 0; i < len(node); i++ {
+		switch c := node[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return fmt.Errorf("node id %q may hold only letters, digits, '-', '_' and '.'", node)
+		}
+	}
+	return nil
 }

@@ -366,7 +366,7 @@ func TestListenAndServe(t *testing.T) {
 	if _, msg := wsRead(t, c); msg != "hi" {
 		t.Fatalf("got %q", msg)
 	}
-	if id := connIDs(s.Hub(), "/ws"); len(id) != 1 || NodeOf(id[0]) == "" {
+	if id := connIDs(s.Hub(), "/ws"); len(id) != 1 || bridge.NodeOf(id[0]) == "" {
 		t.Fatalf("ids %v: a random node id is used when none is set", id)
 	}
 	if err := s.Close(); err != nil {

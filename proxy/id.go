@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/wsidecar/wsidecar/bridge"
 )
 
 // idRandomBytes is the entropy of a connection id: 128 bits makes ids
@@ -27,7 +29,7 @@ type idGen struct {
 }
 
 func newIDGen(node string) (*idGen, error) {
-	if err := validNodeID(node); err != nil {
+	if err := bridge.CheckNodeID(node); err != nil {
 		return nil, err
 	}
 	g := &idGen{prefix: node + "."}
@@ -61,35 +63,6 @@ func (g *idGen) next() (string, error) {
 	}
 	enc.Encode(out[n:], raw[:])
 	return string(out[:n+enc.EncodedLen(idRandomBytes)]), nil
-}
-
-// NodeOf returns the node part of a connection id ("" when id has none), so
-// a cluster can send a connection-targeted push straight to the replica
-// holding the socket. The random part is base64url and never holds a dot,
-// so node ids may contain dots (host names).
-func NodeOf(id string) string {
-	i := strings.LastIndexByte(id, '.')
-	if i <= 0 {
-		return ""
-	}
-	return id[:i]
-}
-
-// validNodeID keeps node ids safe in headers, log lines and Redis topic
-// names.
-func validNodeID(node string) error {
-	if node == "" || len(node) > 64 {
-		return fmt.Errorf("proxy: node id %q must be 1-64 characters", node)
-	}
-	for i := 0; i < len(node); i++ {
-		b := node[i]
-		switch {
-		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', b == '-', b == '_', b == '.':
-		default:
-			return fmt.Errorf("proxy: node id %q may hold only letters, digits, '-', '_' and '.'", node)
-		}
-	}
-	return nil
 }
 
 // randomNodeID is the node id used when Options.NodeID is empty.

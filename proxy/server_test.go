@@ -43,7 +43,7 @@ func TestRoundTripTextAndBinary(t *testing.T) {
 	be.mu.Lock()
 	ci := be.connects[0]
 	be.mu.Unlock()
-	if ci.Route != "/ws" || ci.Path != "/ws?room=1" || ci.ClientIP != "127.0.0.1" || NodeOf(ci.ID) != "test-node" {
+	if ci.Route != "/ws" || ci.Path != "/ws?room=1" || ci.ClientIP != "127.0.0.1" || bridge.NodeOf(ci.ID) != "test-node" {
 		t.Fatalf("ConnInfo = %+v", ci)
 	}
 	if len(ci.Headers) != 1 || ci.Headers[0] != [2]string{"Cookie", "session=abc"} {

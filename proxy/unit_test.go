@@ -7,6 +7,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"github.com/wsidecar/wsidecar/bridge"
 	"github.com/wsidecar/wsidecar/config"
 )
 
@@ -25,8 +26,8 @@ func TestConnectionIDs(t *testing.T) {
 			t.Fatalf("duplicate id %s", id)
 		}
 		seen[id] = true
-		if NodeOf(id) != "pod-7.zone.a" {
-			t.Fatalf("NodeOf(%s) = %q", id, NodeOf(id))
+		if bridge.NodeOf(id) != "pod-7.zone.a" {
+			t.Fatalf("bridge.NodeOf(%s) = %q", id, bridge.NodeOf(id))
 		}
 		if rnd := id[len("pod-7.zone.a."):]; len(rnd) != 22 || strings.ContainsAny(rnd, ".+/=") {
 			t.Fatalf("random part %q is not 22 base64url chars", rnd)
@@ -38,8 +39,8 @@ func TestConnectionIDs(t *testing.T) {
 		}
 	}
 	for id, want := range map[string]string{"": "", "abc": "", ".x": "", "n.x": "n", "a.b.c": "a.b"} {
-		if got := NodeOf(id); got != want {
-			t.Errorf("NodeOf(%q) = %q, want %q", id, got, want)
+		if got := bridge.NodeOf(id); got != want {
+			t.Errorf("bridge.NodeOf(%q) = %q, want %q", id, got, want)
 		}
 	}
 }
