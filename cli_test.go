@@ -35,7 +35,7 @@ func TestBadConfigExit2(t *testing.T) {
 	}
 	good := filepath.Join(dir, "good.hcl")
 	os.WriteFile(good, []byte("backend { url = \"http://127.0.0.1:1\" }\nroute \"/ws\" { auth = \"none\" }\n"), 0o600)
-	if code, out, stderr := runCLI(t, "validate", good); code != 0 || !strings.Contains(out, "ok") {
+	if code, out, stderr := runCLI(t, "validate", good); code != 0 || !strings.Contains(out, "valid (1 route, 0 streams)") {
 		t.Errorf("validate good: %d %q %q", code, out, stderr)
 	}
 	if code, _, _ := runCLI(t, "validate", filepath.Join(dir, "missing.hcl")); code != 2 {

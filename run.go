@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -54,11 +55,14 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: wsidecar validate FILE")
 		return exitConfig
 	}
-	if _, err := config.Load(fs.Arg(0)); err != nil {
-		printConfigError(stderr, err)
+	// config.Validate writes the diagnostics, or a one-line summary; the
+	// summary goes to stdout, problems to stderr.
+	var out bytes.Buffer
+	if err := config.Validate(fs.Arg(0), &out); err != nil {
+		stderr.Write(out.Bytes())
 		return exitConfig
 	}
-	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
+	stdout.Write(out.Bytes())
 	return exitOK
 }
 
