@@ -143,7 +143,7 @@ func (s *Server) admit(ctx *fasthttp.RequestCtx, h *Handshake) (*pendingUpgrade,
 		return nil, r
 	}
 	for _, v := range ctx.Request.Header.PeekAll("Sec-WebSocket-Protocol") {
-		h.Protocols = parseProtocols(h.Protocols, string(v))
+		h.Protocols = append(h.Protocols, auth.OfferedProtocols(string(v))...)
 	}
 	// 8. Auth.
 	if rt.cfg.Auth != "none" {

@@ -161,19 +161,6 @@ func negotiateProtocol(offered []string, allowed map[string]struct{}) string {
 	return ""
 }
 
-// parseProtocols splits Sec-WebSocket-Protocol header values into tokens.
-func parseProtocols(dst []string, header string) []string {
-	for header != "" {
-		var p string
-		p, header, _ = strings.Cut(header, ",")
-		p = strings.TrimSpace(p)
-		if p != "" {
-			dst = append(dst, p)
-		}
-	}
-	return dst
-}
-
 // escapeLabel escapes a Prometheus label value.
 func escapeLabel(s string) string {
 	if !strings.ContainsAny(s, "\"\\\n") {
