@@ -35,8 +35,9 @@ type door struct {
 
 	// certs is the reloader serving the listener's certificate; swapped
 	// when a reload names other files. nil pointer: plain ws://.
-	certs  atomic.Pointer[proxy.CertReloader]
-	tlsCfg *tls.Config
+	certs     atomic.Pointer[proxy.CertReloader]
+	certFiles config.TLS // the files certs reads
+	tlsCfg    *tls.Config
 
 	mu        sync.Mutex         // serialises reload and close
 	stopWatch context.CancelFunc // ends the current reloader's Watch
@@ -72,6 +73,7 @@ func newDoor(ctx context.Context, cfg *config.Config, logger *slog.Logger, set *
 			return nil, fmt.Errorf("listener tls: %w", err)
 		}
 		d.certs.Store(cr)
+		d.certFiles = *t
 		d.tlsCfg = cr.TLSConfig()
 		// Through the door, not cr: a reload swaps in a new reloader while
 		// the listener keeps this config.
@@ -151,13 +153,18 @@ func (d *door) reload(cfg *config.Config) error {
 		}
 	}
 
-	// The certificate pair is read into a new reloader (the same files
-	// after a rotation in place, or the files the new config names) and
-	// swapped in only once everything else has been built.
+	// Same files: re-read them in place (a rotation cert-manager made
+	// between two polls of Watch). Other files: read them into a new
+	// reloader, swapped in only once everything else has been built.
 	var next *proxy.CertReloader
 	switch t := cfg.Listener.TLS; {
 	case (t == nil) != (d.certs.Load() == nil):
 		d.log.Warn("reload: adding or removing listener.tls needs a restart; keeping the listener as it is")
+	case t != nil && *t == d.certFiles:
+		if err := d.certs.Load().Reload(); err != nil {
+			discard()
+			return fmt.Errorf("reload listener tls (keeping the current certificate): %w", err)
+		}
 	case t != nil:
 		if next, err = proxy.NewCertReloader(t.CertFile, t.KeyFile, d.log); err != nil {
 			discard()
@@ -172,6 +179,7 @@ func (d *door) reload(cfg *config.Config) error {
 	d.limits.Update(cfg.Limits)
 	if next != nil {
 		d.certs.Store(next)
+		d.certFiles = *cfg.Listener.TLS
 		d.watchCerts(next)
 	}
 	d.warnClosedRoutes(cfg)
