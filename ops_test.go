@@ -384,35 +384,6 @@ func (p *promText) value(t *testing.T, series string) float64 {
 	return v
 }
 
-// sum adds every sample of name whose labels include match.
-func (p *promText) sum(name string, match map[string]string) float64 {
-	total := 0.0
-	for _, s := range p.samples {
-		if s.name != name {
-			continue
-		}
-		ok := true
-		for k, v := range match {
-			if s.labels[k] != v {
-				ok = false
-			}
-		}
-		if ok {
-			total += s.value
-		}
-	}
-	return total
-}
-
-func (p *promText) has(name string) bool {
-	for _, s := range p.samples {
-		if s.name == name {
-			return true
-		}
-	}
-	return false
-}
-
 func parseSeries(s string) (string, map[string]string, error) {
 	name, rest := scanName(s, true)
 	if name == "" {
